@@ -1,0 +1,76 @@
+"""The pole's configuration: one strict model per TOML table.
+
+Each component owns the model of its own table (the outbox's lives in
+``sync.outbox``); this module composes them into the file's shape. Unknown keys
+are errors everywhere, every field has a description and a default that works
+on a bench.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.logs import LogFormat, LogLevel
+from sync.events import Location
+from sync.outbox import OutboxConfig
+
+POLE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LocationConfig(Strict):
+    """Surveyed position of the pole, used when no GPS fix is available."""
+
+    lat: float = Field(..., ge=-90, le=90, description="Latitude in decimal degrees (WGS84).")
+    lon: float = Field(..., ge=-180, le=180, description="Longitude in decimal degrees (WGS84).")
+
+    def as_location(self) -> Location:
+        return Location(self.lat, self.lon, "config")
+
+
+class PoleSection(Strict):
+    """Identity of this pole."""
+
+    id: str = Field("pole-dev", pattern=POLE_ID_PATTERN, description="Pole id, unique in the city; letters, digits, . _ -.")
+    location: LocationConfig | None = Field(None, description="Fallback position when GPS has no fix.")
+
+
+class LoggingConfig(Strict):
+    """Log output."""
+
+    level: LogLevel = Field("info", description="Lowest level written: debug, info, warning or error.")
+    format: LogFormat = Field(
+        "auto", description="'json', 'console', or 'auto' (JSON under systemd or when not on a terminal)."
+    )
+
+
+class PathsConfig(Strict):
+    """Where the daemon keeps its files; systemd's $STATE_DIRECTORY and $CACHE_DIRECTORY win when set."""
+
+    state_dir: Path = Field(Path("var/state"), description="Durable state (the outbox).")
+    cache_dir: Path = Field(Path("var/cache"), description="Disposable files.")
+
+    def state(self) -> Path:
+        return Path(os.environ.get("STATE_DIRECTORY", "").split(":")[0] or self.state_dir)
+
+    def cache(self) -> Path:
+        return Path(os.environ.get("CACHE_DIRECTORY", "").split(":")[0] or self.cache_dir)
+
+
+class PoleConfig(Strict):
+    """The whole pole configuration file."""
+
+    pole: PoleSection = Field(default_factory=PoleSection, description="Identity and position of the pole.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log level and format.")
+    paths: PathsConfig = Field(default_factory=PathsConfig, description="State and cache directories.")
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="The local SQLite outbox.")
+
+    def outbox_path(self) -> Path:
+        path = self.outbox.path
+        return path if path.is_absolute() else self.paths.state() / path
