@@ -44,6 +44,57 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_daemon(config, Path(args.config))
 
 
+def _load_receiver_config(path: str):  # type: ignore[no-untyped-def]
+    from receiver.config import ReceiverConfig
+
+    return load_config(Path(path), ReceiverConfig)
+
+
+def cmd_receiver(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import uvloop
+
+    from gateway.logs import configure_logging
+    from receiver import service
+
+    if not args.config:
+        print("smartpole receiver: --config FILE is required", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        config = _load_receiver_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    action = getattr(args, "action", None)
+    if action == "add-pole":
+        print(uvloop.run(service.add_pole(config, args.pole_id)))
+        print(f"pole {args.pole_id}: token above, shown once; set it as SMARTPOLE_UPLINK_TOKEN on the pole", file=sys.stderr)
+        return 0
+    if action == "add-reader":
+        print(uvloop.run(service.add_reader(config, args.name)))
+        print(f"reader {args.name}: token above, shown once", file=sys.stderr)
+        return 0
+    if action == "revoke-pole":
+        revoked = uvloop.run(service.revoke_pole(config, args.pole_id))
+        print(f"pole {args.pole_id}: {revoked} token(s) revoked")
+        return 0 if revoked else 1
+
+    configure_logging(config.logging.level, config.logging.format, service="receiver")
+
+    async def main() -> None:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await service.serve(config, stop)
+
+    uvloop.run(main())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -64,6 +115,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True, metavar="FILE", help="pole configuration (TOML)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "receiver",
+        help="run the cloud receiver, or manage its poles and readers",
+        description="Without an action: serve the receiver (stops cleanly on SIGTERM). "
+        "With an action: manage tokens. Tokens are printed once and stored only as sha256 hashes.",
+    )
+    p.add_argument("--config", metavar="FILE", help="receiver configuration (TOML); required")
+    p.set_defaults(func=cmd_receiver)
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    a = actions.add_parser("add-pole", help="register a pole and print a new token for it")
+    a.add_argument("pole_id", metavar="POLE_ID")
+    a.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE", help="receiver configuration (TOML)")
+    a = actions.add_parser("revoke-pole", help="revoke every token of a pole (exit 1 if it had none)")
+    a.add_argument("pole_id", metavar="POLE_ID")
+    a.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE", help="receiver configuration (TOML)")
+    a = actions.add_parser("add-reader", help="print a new read-only token for dashboards and analytics")
+    a.add_argument("name", metavar="NAME")
+    a.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE", help="receiver configuration (TOML)")
 
     p = sub.add_parser(
         "demo",

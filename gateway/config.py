@@ -13,9 +13,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.http_server import HttpConfig
 from gateway.logs import LogFormat, LogLevel
 from sync.events import Location
 from sync.outbox import OutboxConfig
+from sync.uplink import UplinkConfig
 
 POLE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -70,6 +72,8 @@ class PoleConfig(Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log level and format.")
     paths: PathsConfig = Field(default_factory=PathsConfig, description="State and cache directories.")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="The local SQLite outbox.")
+    uplink: UplinkConfig = Field(default_factory=UplinkConfig, description="Sync to the receiver.")
+    http: HttpConfig = Field(default_factory=HttpConfig, description="Local ingest API and status page.")
 
     def outbox_path(self) -> Path:
         path = self.outbox.path

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from receiver.policy import PolicyConfig
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -23,9 +25,9 @@ class ReceiverSection(Strict):
         "so SMARTPOLE_RECEIVER_DATABASE_URL overrides it.",
     )
     media_dir: Path = Field(Path("var/receiver/media"), description="Directory for redacted JPEGs, by sha256.")
-    max_body_bytes: int = Field(8_000_000, gt=0, description="Largest request body on the wire (after gzip).")
+    max_body_bytes: int = Field(8_000_000, gt=0, description="Largest batch body on the wire (gzip-compressed).")
     max_decompressed_bytes: int = Field(
-        64_000_000, gt=0, description="Largest batch after gunzip; guards against gzip bombs."
+        64_000_000, gt=0, description="Largest batch once gunzipped; reading stops there, so a gzip bomb gets a 413."
     )
     max_media_bytes: int = Field(4_000_000, gt=0, description="Largest JPEG accepted by PUT /v1/media.")
     online_window_s: float = Field(300.0, gt=0, description="A pole seen within this many seconds counts as online.")
@@ -49,4 +51,5 @@ class ReceiverConfig(Strict):
     """The whole receiver configuration file."""
 
     receiver: ReceiverSection = Field(default_factory=ReceiverSection, description="Service and storage.")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="What the receiver refuses to store.")
     logging: ReceiverLogging = Field(default_factory=ReceiverLogging, description="Log level and format.")

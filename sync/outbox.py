@@ -305,6 +305,7 @@ class Outbox:
         self._fast_tasks: set[asyncio.Task[None]] = set()
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
+        self._new = asyncio.Event()  # set by every commit, for the one consumer that syncs
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
         self._expirer: asyncio.Task[None] | None = None
@@ -504,6 +505,7 @@ class Outbox:
                 p.future.set_exception(error)
         else:
             self.commits += 1
+            self._new.set()
             for i, p in enumerate(group):
                 if not p.future.done():  # a cancelled put still committed its event
                     p.future.set_result(Accepted(p.id, seq0 + i))
@@ -538,6 +540,8 @@ class Outbox:
         self._forget(freed)
         self._account(group, +1)
         self.commits += 1
+        if group:
+            self._new.set()
         for p in refused:
             p.future.set_exception(
                 OutboxFull(
@@ -658,6 +662,18 @@ class Outbox:
                 break
             out.append(OutboxRecord(id_, seq, Priority(prio), body, tuple(media.split()) if media else ()))
         return out
+
+    async def wait_new(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for a commit since the last call; True if there was one.
+
+        Meant for a single consumer (the uplink): it consumes the notification.
+        """
+        try:
+            await asyncio.wait_for(self._new.wait(), timeout)
+        except TimeoutError:
+            return False
+        self._new.clear()
+        return True
 
     async def media(self, sha256: str) -> bytes | None:
         """The stored JPEG for a sha256 reference, if still held."""

@@ -1,0 +1,58 @@
+"""The pole's local HTTP server: the ingest API now, the technicians' status page later."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+log = structlog.get_logger("http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class HttpConfig(BaseModel):
+    """The local HTTP server (ingest API and status page)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bind: str = Field("127.0.0.1", description="Address to listen on; keep it local unless the status page must be reachable.")
+    port: int = Field(8470, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    max_body_bytes: int = Field(1_000_000, gt=0, description="Largest request body.")
+    max_events_per_request: int = Field(1000, ge=1, description="Most events in one POST /v1/events.")
+
+
+class LocalServer:
+    """Owns the aiohttp runner; routes are added to ``app`` before ``start``."""
+
+    def __init__(self, config: HttpConfig) -> None:
+        self.config = config
+        self.app = web.Application(client_max_size=config.max_body_bytes, middlewares=[self._json_errors])
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.bind, self.config.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        log.info("http_listening", bind=self.config.bind, port=self.port)
+
+    @web.middleware
+    async def _json_errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            return web.json_response({"error": f"body larger than {self.config.max_body_bytes} bytes"}, status=413)
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                return web.json_response({"error": exc.reason}, status=exc.status)
+            raise
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

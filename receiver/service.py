@@ -1,0 +1,68 @@
+"""Running the receiver, and the administration commands behind ``smartpole receiver``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+from aiohttp import web
+
+from receiver.app import Receiver
+from receiver.auth import new_token, token_hash
+from receiver.config import ReceiverConfig
+from receiver.store import open_store
+
+log = structlog.get_logger("receiver")
+
+
+async def serve(config: ReceiverConfig, stop: asyncio.Event, on_listening: Callable[[int], None] | None = None) -> None:
+    """Serve until ``stop`` is set; ``on_listening`` gets the bound port (useful with port 0)."""
+    section = config.receiver
+    store = await open_store(section.database_url.get_secret_value(), section.pool_size)
+    try:
+        receiver = Receiver(section, config.policy, store)
+        runner = web.AppRunner(receiver.make_app(), access_log=None, shutdown_timeout=5)
+        await runner.setup()
+        site = web.TCPSite(runner, section.bind, section.port)
+        await site.start()
+        port = runner.addresses[0][1]
+        log.info("receiver_listening", bind=section.bind, port=port, backend=store.backend)
+        if on_listening is not None:
+            on_listening(port)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+    finally:
+        await store.close()
+        log.info("receiver_stopped")
+
+
+async def add_pole(config: ReceiverConfig, pole_id: str) -> str:
+    """Register a pole (or give it one more token) and return the new token, to be shown once."""
+    return await _add_token(config, "pole", pole_id, None)
+
+
+async def add_reader(config: ReceiverConfig, name: str) -> str:
+    """A token for dashboards and analytics: it reads events, media and pole state, and writes nothing."""
+    return await _add_token(config, "reader", None, name)
+
+
+async def _add_token(config: ReceiverConfig, role: str, pole_id: str | None, name: str | None) -> str:
+    store = await open_store(config.receiver.database_url.get_secret_value(), 1)
+    try:
+        token = new_token()
+        await store.add_token(token_hash(token), role, pole_id, name)
+        return token
+    finally:
+        await store.close()
+
+
+async def revoke_pole(config: ReceiverConfig, pole_id: str) -> int:
+    """Revoke every token of a pole; returns how many were active."""
+    store = await open_store(config.receiver.database_url.get_secret_value(), 1)
+    try:
+        return await store.revoke_pole(pole_id)
+    finally:
+        await store.close()

@@ -1,0 +1,111 @@
+"""A real pole daemon in a child process (``smartpole run``), for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+class PoleProcess:
+    """Writes a pole config under ``workdir`` and runs the daemon; the local API port stays fixed across restarts."""
+
+    def __init__(self, workdir: Path, receiver_url: str, token: str, **sections: dict[str, Any]) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.config = workdir / "pole.toml"
+        tables: dict[str, dict[str, Any]] = {
+            "pole": {"id": "pole-1"},
+            "paths": {"state_dir": workdir / "state"},
+            "http": {"port": self.port},
+            "uplink": {
+                "url": receiver_url,
+                "bandwidth_bytes_per_s": 0,
+                "backoff_initial_s": 0.05,
+                "backoff_max_s": 0.5,
+                "timeout_s": 1.0,
+                "linger_s": 0.0,
+                "heartbeat_s": 5.0,
+            },
+        }
+        for name, values in sections.items():
+            tables.setdefault(name, {}).update(values)
+        lines = []
+        for name, values in tables.items():
+            lines.append(f"[{name}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.env = dict(os.environ, SMARTPOLE_UPLINK_TOKEN=token, PYTHONPATH=str(ROOT))
+        self.env.pop("JOURNAL_STREAM", None)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "pole.log"
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> None:
+        self.starts += 1
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.workdir,
+        )
+        listening = threading.Event()
+        threading.Thread(target=self._pump, args=(self.proc, listening), daemon=True).start()
+        if not listening.wait(timeout):
+            self.kill()
+            raise RuntimeError(f"pole did not start; see {self.log}:\n{self.log.read_text()[-3000:]}")
+
+    def _pump(self, proc: subprocess.Popen[bytes], listening: threading.Event) -> None:
+        assert proc.stdout is not None
+        with self.log.open("ab") as out:
+            for line in proc.stdout:
+                out.write(line)
+                out.flush()
+                if b'"http_listening"' in line:
+                    listening.set()
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 15) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def wait_until(self, predicate: Any, timeout: float = 30, interval: float = 0.05) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"condition not met in {timeout}s; log tail:\n{self.log.read_text()[-2000:]}")
+            time.sleep(interval)
