@@ -66,7 +66,6 @@ MIGRATIONS: dict[int, list[str]] = {
             UNIQUE (pole_id, event_id)
         )""",
         "CREATE INDEX events_by_pole_ts ON events (pole_id, ts)",
-        "CREATE INDEX events_by_type_ts ON events (type, ts)",
         """CREATE TABLE media (
             sha256 TEXT PRIMARY KEY,
             size INTEGER NOT NULL,

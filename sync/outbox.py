@@ -34,7 +34,7 @@ import hashlib
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -645,22 +645,31 @@ class Outbox:
 
     # ------------------------------------------------------------------ sync side
 
-    async def next_batch(self, max_events: int, max_bytes: int) -> list[OutboxRecord]:
+    async def next_batch(
+        self, max_events: int, max_bytes: int, exclude_seqs: Collection[int] = ()
+    ) -> list[OutboxRecord]:
         """The most important, oldest committed events: at least one if any, within the limits.
 
         ``max_bytes`` bounds the events' JSON; their media is uploaded separately.
+        ``exclude_seqs`` skips events already on their way (a pipelined uplink
+        prepares the next batch while the previous one is in flight).
         """
         assert self._reader is not None
+        sql = "SELECT id, seq, priority, body, media FROM events"
+        params: list[object] = []
+        if exclude_seqs:
+            # Checked against the (priority, seq) index while scanning it, before any row is read.
+            sql += " WHERE seq NOT IN (SELECT value FROM json_each(?))"
+            params.append(orjson.dumps(list(exclude_seqs)).decode())
+        rows = await self._reader.execute_fetchall(f"{sql} ORDER BY priority, seq LIMIT ?", (*params, max_events))
         out: list[OutboxRecord] = []
         total = 0
-        rows = await self._reader.execute_fetchall(
-            "SELECT id, seq, priority, body, media FROM events ORDER BY priority, seq LIMIT ?", (max_events,)
-        )
+        priorities = list(Priority)
         for id_, seq, prio, body, media in rows:
             total += len(body)
             if out and total > max_bytes:
                 break
-            out.append(OutboxRecord(id_, seq, Priority(prio), body, tuple(media.split()) if media else ()))
+            out.append(OutboxRecord(id_, seq, priorities[prio], body, tuple(media.split()) if media else ()))
         return out
 
     async def wait_new(self, timeout: float) -> bool:

@@ -7,13 +7,22 @@ connection, a 5xx, leaves the events queued and the same batch is tried again
 with exponential backoff and full jitter; the receiver's unique key turns the
 replays into duplicates. Media follows its events: a batch is acknowledged
 only after the JPEGs the receiver says it lacks have been uploaded.
+
+The pole's work overlaps the receiver's: while a batch is in flight the next
+one is read and compressed, and the previous reply is committed to the outbox
+by a separate task. Batches still go one at a time, in priority order; events
+on their way are excluded from the next read until their reply is applied. A
+failed attempt throws away the batch read behind it, and the retry reads the
+head of the queue afresh: after an outage the backlog goes out most important
+first, not in whatever order it happened to be read when the link fell.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -41,6 +50,21 @@ class AuthError(Exception):
     """The receiver refused our token: stop sending and retry slowly."""
 
 
+@dataclass
+class _Prepared:
+    records: list[OutboxRecord]
+    body: bytes
+
+
+@dataclass
+class _Settlement:
+    """What a reply means for the outbox; ``seqs`` are released once it is applied."""
+
+    seqs: list[int]
+    delivered: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)
+
+
 class HttpUplink:
     """Drains the outbox to a receiver; one instance per pole, started with ``run``."""
 
@@ -51,74 +75,102 @@ class HttpUplink:
         self.status = status
         self.state = UplinkState()
         self.bucket = TokenBucket(config.bandwidth_bytes_per_s, burst=max(config.bandwidth_bytes_per_s, 64_000))
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # 'sync now': cut any backoff or linger short
+        self._work = asyncio.Event()  # events released for another read, or 'sync now'
+        self._acking: set[int] = set()  # seqs whose reply is being applied
+        self._settled: asyncio.Queue[_Settlement] = asyncio.Queue()
         self._session: aiohttp.ClientSession | None = None
         self._last_sent = 0.0
         self._base = config.url.rstrip("/")
 
     def sync_now(self) -> None:
         self._wake.set()
+        self._work.set()
 
     async def run(self) -> None:
         headers = {"User-Agent": "smartpole-uplink/1"}
         if self.config.token is not None:
             headers["Authorization"] = f"Bearer {self.config.token.get_secret_value()}"
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
-        async with aiohttp.ClientSession(headers=headers, timeout=timeout, raise_for_status=False) as session:
+        self._acking.clear()
+        self._settled = asyncio.Queue()
+        async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
             self._session = session
             try:
-                await self._loop()
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._ack_loop(), name="uplink-ack")
+                    await self._send_loop()
             finally:
                 self._session = None
 
-    async def _loop(self) -> None:
-        while True:
-            batch = await self.outbox.next_batch(self.config.max_batch_events, self.config.max_batch_bytes)
-            if not batch:
-                if time.monotonic() - self._last_sent >= self.config.heartbeat_s:
-                    await self._deliver([])
-                    continue
-                self.state.state = "idle"
-                await wait_for_work(self.outbox, self._wake, self._until_heartbeat())
-                if self.config.linger_s and not self._wake.is_set():
-                    await self._linger()
-                continue
-            await self._deliver(batch)
+    # ------------------------------------------------------------------ sender
+
+    async def _read(self, in_flight: Sequence[OutboxRecord] = ()) -> _Prepared:
+        """Read and compress the next batch, skipping what is in flight or being acknowledged."""
+        exclude = self._acking.union(r.seq for r in in_flight)
+        records = await self.outbox.next_batch(self.config.max_batch_events, self.config.max_batch_bytes, exclude)
+        return _Prepared(records, await self._encode(records))
+
+    async def _encode(self, records: list[OutboxRecord]) -> bytes:
+        document = encode_batch(
+            self.pole_id, str(uuid_utils.uuid7()), time.time(), [r.body for r in records], await self.status()
+        )
+        return compress(document, self.config.gzip_level)
 
     def _until_heartbeat(self) -> float:
-        return max(0.01, self.config.heartbeat_s - (time.monotonic() - self._last_sent))
+        return max(0.0, self.config.heartbeat_s - (time.monotonic() - self._last_sent))
 
-    async def _linger(self) -> None:
-        """Let a burst gather into one batch, unless an alert is waiting."""
-        head = await self.outbox.next_batch(1, 1)
-        if head and head[0].priority == Priority.ALERT:
-            return
-        try:
-            await asyncio.wait_for(self._wake.wait(), self.config.linger_s)
-        except TimeoutError:
-            pass
+    async def _send_loop(self) -> None:
+        prepared = await self._read()
+        while True:
+            if not prepared.records:
+                if self._until_heartbeat() > 0:
+                    self.state.state = "idle"
+                    await wait_for_work(self.outbox, self._work, self._until_heartbeat())
+                    if self.config.linger_s and not self._wake.is_set():
+                        head = await self.outbox.next_batch(1, 1, self._acking)
+                        if head and head[0].priority != Priority.ALERT:
+                            await self._interruptible_sleep(self.config.linger_s)  # gather a burst
+                    prepared = await self._read()
+                    continue
+                prepared = _Prepared([], await self._encode([]))  # heartbeat: a fresh status
+            prepared = await self._deliver(prepared)
 
-    async def _deliver(self, batch: list[OutboxRecord]) -> None:
-        """Send one batch until it is settled, backing off between attempts."""
+    async def _deliver(self, prepared: _Prepared) -> _Prepared:
+        """Send ``prepared`` (or, after a failure, the head of the queue read afresh) until one
+        batch is settled; return the batch read behind it."""
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientError),
             wait=wait_random_exponential(multiplier=self.config.backoff_initial_s, max=self.config.backoff_max_s),
             before_sleep=self._on_retry,
-            sleep=self._sleep,
+            sleep=self._interruptible_sleep,
             reraise=True,
         )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    await self._send(batch)
-        except AuthError as exc:
-            self.state.state = "auth_failed"
-            self.state.failed(str(exc))
-            self.state.backoff_s = self.config.auth_retry_s
-            log.error("uplink_auth_refused", error=str(exc), retry_in_s=self.config.auth_retry_s)
-            await self._sleep(self.config.auth_retry_s)
-            return
-        self.state.backoff_s = 0.0
+        while True:
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        if attempt.retry_state.attempt_number > 1:
+                            prepared = await self._read()
+                        ahead = asyncio.create_task(self._read(prepared.records))
+                        try:
+                            settlement = await self._send(prepared)
+                        except BaseException:
+                            ahead.cancel()
+                            await asyncio.gather(ahead, return_exceptions=True)
+                            raise
+            except AuthError as exc:
+                self.state.state = "auth_failed"
+                self.state.failed(str(exc))
+                self.state.backoff_s = self.config.auth_retry_s
+                log.error("uplink_auth_refused", error=str(exc), retry_in_s=self.config.auth_retry_s)
+                await self._interruptible_sleep(self.config.auth_retry_s)
+                prepared = await self._read()
+                continue
+            self.state.backoff_s = 0.0
+            self._acking.update(settlement.seqs)
+            await self._settled.put(settlement)
+            return await ahead
 
     def _on_retry(self, retry_state: RetryCallState) -> None:
         delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
@@ -128,22 +180,17 @@ class HttpUplink:
         self.state.failed(str(error))
         log.warning("uplink_retry", error=str(error), attempt=retry_state.attempt_number, retry_in_s=round(delay, 2))
 
-    async def _sleep(self, seconds: float) -> None:
-        """Backoff that 'sync now' can cut short."""
+    async def _interruptible_sleep(self, seconds: float) -> None:
+        """A wait that 'sync now' cuts short."""
         self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), seconds)
         except TimeoutError:
             pass
 
-    async def _send(self, batch: list[OutboxRecord]) -> None:
+    async def _post(self, body: bytes) -> tuple[int, bytes]:
         assert self._session is not None
         self.state.state = "sending"
-        started = time.monotonic()
-        document = encode_batch(
-            self.pole_id, str(uuid_utils.uuid7()), time.time(), [r.body for r in batch], await self.status()
-        )
-        body = compress(document, self.config.gzip_level)
         await self.bucket.take(len(body))
         try:
             async with self._session.post(
@@ -152,33 +199,34 @@ class HttpUplink:
                 headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
             ) as resp:
                 payload = await resp.read()
-                status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             self.state.count("network_error")
             raise TransientError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
         self.state.bytes_sent += len(body)
         self._last_sent = time.monotonic()
+        return resp.status, payload
 
+    async def _send(self, prepared: _Prepared) -> _Settlement:
+        records = prepared.records
+        started = time.monotonic()
+        status, payload = await self._post(prepared.body)
         if status == 200:
-            await self._settle(batch, payload)
-            elapsed = max(time.monotonic() - started, 1e-3)
-            rate = len(batch) / elapsed
-            self.state.drain_events_per_s = rate if not self.state.drain_events_per_s else (
-                0.8 * self.state.drain_events_per_s + 0.2 * rate
-            )
-            return
+            settlement = await self._settle(records, payload)
+            rate = len(records) / max(time.monotonic() - started, 1e-3)
+            previous = self.state.drain_events_per_s
+            self.state.drain_events_per_s = rate if not previous else 0.8 * previous + 0.2 * rate
+            return settlement
         reason = _error_text(payload) or f"HTTP {status}"
         if status in (401, 403):
             self.state.count("unauthorized")
             raise AuthError(f"receiver answered {status}: {reason}")
-        if status in (400, 413) and batch:
+        if status in (400, 413) and records:
             self.state.count("refused")
-            await self._refused(batch, status, payload, reason)
-            return
+            return await self._refused(records, status, payload, reason)
         self.state.count("server_error" if status >= 500 else "client_error")
         raise TransientError(f"receiver answered {status}: {reason}")
 
-    async def _settle(self, batch: list[OutboxRecord], payload: bytes) -> None:
+    async def _settle(self, records: list[OutboxRecord], payload: bytes) -> _Settlement:
         try:
             reply = BatchReply.model_validate_json(payload)
         except ValidationError as exc:
@@ -186,39 +234,36 @@ class HttpUplink:
             raise TransientError(f"unreadable reply from receiver: {exc.errors()[0]['msg']}") from exc
         if reply.missing_media:
             await self._upload_media(reply.missing_media)
-        delivered = reply.accepted + reply.duplicates
-        await self.outbox.ack(delivered)
-        if reply.rejected:
-            moved = await self.outbox.reject_many({r.id: r.reason for r in reply.rejected})
-            self.state.dead_lettered += moved
         self.state.count("ok")
         self.state.events_sent += len(reply.accepted)
         self.state.last_success = time.time()
         self.state.remote_config_version = reply.config_version
-        if batch:
-            log.debug("uplink_batch_settled", accepted=len(reply.accepted), duplicates=len(reply.duplicates))
+        return _Settlement(
+            [r.seq for r in records],
+            reply.accepted + reply.duplicates,
+            {r.id: r.reason for r in reply.rejected},
+        )
 
-    async def _refused(self, batch: list[OutboxRecord], status: int, payload: bytes, reason: str) -> None:
+    async def _refused(self, records: list[OutboxRecord], status: int, payload: bytes, reason: str) -> _Settlement:
         """A 400 or 413: dead-letter what the receiver names, or split until it can name it."""
+        seqs = [r.seq for r in records]
         try:
             named = ErrorReply.model_validate_json(payload).rejected
         except ValidationError:
             named = []
-        queued = {r.id for r in batch}
+        queued = {r.id for r in records}
         named = [r for r in named if r.id in queued]
         if named:
-            moved = await self.outbox.reject_many({r.id: r.reason for r in named})
-            self.state.dead_lettered += moved
-            log.warning("uplink_events_dead_lettered", events=moved, first=named[0].reason)
-            return
-        if len(batch) == 1:
-            await self.outbox.reject_many({batch[0].id: f"receiver answered {status}: {reason}"})
-            self.state.dead_lettered += 1
-            log.warning("uplink_event_dead_lettered", id=batch[0].id, status=status, reason=reason)
-            return
-        half = len(batch) // 2
-        for part in (batch[:half], batch[half:]):
-            await self._send(part)
+            # The others were not stored; released, they go again in the next batch.
+            log.warning("uplink_events_refused", events=len(named), first=named[0].reason)
+            return _Settlement(seqs, rejected={r.id: r.reason for r in named})
+        if len(records) == 1:
+            log.warning("uplink_event_refused", id=records[0].id, status=status, reason=reason)
+            return _Settlement(seqs, rejected={records[0].id: f"receiver answered {status}: {reason}"})
+        half = len(records) // 2
+        for part in (records[:half], records[half:]):
+            await self._apply(await self._send(_Prepared(part, await self._encode(part))))
+        return _Settlement(seqs)
 
     async def _upload_media(self, shas: list[str]) -> None:
         assert self._session is not None
@@ -246,6 +291,24 @@ class HttpUplink:
             # The receiver will never take this JPEG; its event is stored, so carry on without it.
             self.state.failed(f"media {sha[:12]} refused: {reason}")
             log.error("uplink_media_refused", sha256=sha, status=status, reason=reason)
+
+    # ------------------------------------------------------------------ acker
+
+    async def _ack_loop(self) -> None:
+        while True:
+            settlement = await self._settled.get()
+            await self._apply(settlement)
+            self._acking.difference_update(settlement.seqs)
+            self._work.set()
+
+    async def _apply(self, settlement: _Settlement) -> None:
+        if settlement.delivered:
+            await self.outbox.ack(settlement.delivered)
+        if settlement.rejected:
+            moved = await self.outbox.reject_many(settlement.rejected)
+            self.state.dead_lettered += moved
+            if moved:
+                log.warning("uplink_dead_lettered", events=moved, first=next(iter(settlement.rejected.values())))
 
 
 def _error_text(payload: bytes) -> str | None:

@@ -51,6 +51,8 @@ async def test_events_arrive_once_in_priority_order(database_url: str, tmp_path:
             event_id = await post_event(s, pole, i, priority)
             assert event_id is not None
             accepted[event_id] = priority
+    # Every attempt that read the queue before the last event was committed has failed by now.
+    await asyncio.sleep(1.0)
 
     rx = await start_receiver(database_url, tmp_path / "media", port=port)
     try:
