@@ -101,6 +101,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.workdir), duration=args.duration)
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from gateway.webauth import hash_password
+
+    password = getpass.getpass("Technician password: ") if args.password is None else args.password
+    if len(password) < 8:
+        print("smartpole hash-password: use at least 8 characters", file=sys.stderr)
+        return EXIT_CONFIG
+    print(hash_password(password))
+    return 0
+
+
+def cmd_sensors_decode(args: argparse.Namespace) -> int:
+    from gateway.sensor_tools import decode_main
+
+    return decode_main(args.kind, args.file)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smartpole",
@@ -144,6 +163,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="var/demo", metavar="DIR", help="where the demo keeps its files (default: %(default)s)")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds (default: run until Ctrl-C)")
     p.set_defaults(func=cmd_demo)
+
+    from gateway.sensor_tools import KINDS
+
+    p = sub.add_parser("sensors", help="tools for serial sensors", description="Tools for technicians working on serial sensors.")
+    sensor_actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = sensor_actions.add_parser(
+        "decode",
+        help="decode a raw capture of a sensor's serial bytes",
+        description="Run a raw capture of serial bytes through the daemon's own parser. Prints one JSON object "
+        "per frame, sentence or line, then {\"readings\": N, \"errors\": {...}}. Exit status 0 when something "
+        "decoded, 1 when nothing did, 2 for an unknown KIND or unreadable FILE.",
+    )
+    a.add_argument("kind", metavar="KIND", choices=KINDS, help=f"one of: {', '.join(KINDS)}")
+    a.add_argument("file", metavar="FILE", help="the capture; - for standard input")
+    a.set_defaults(func=cmd_sensors_decode)
+
+    p = sub.add_parser(
+        "hash-password",
+        help="print the hash of a status-page password, for http.password_hash",
+        description="Print an scrypt hash of the technicians' status-page password, to put in the pole "
+        "config as http.password_hash (or SMARTPOLE_HTTP_PASSWORD_HASH). Asks for the password unless given.",
+    )
+    p.add_argument("--password", default=None, help="the password (default: ask without echo)")
+    p.set_defaults(func=cmd_hash_password)
 
     p = sub.add_parser(
         "check-config",

@@ -13,8 +13,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.air_quality import AirQualityConfig
 from gateway.http_server import HttpConfig
+from gateway.location import GpsConfig
 from gateway.logs import LogFormat, LogLevel
+from gateway.speed import TrafficConfig
+from hal.sensors.config import SensorList
 from sync.events import Location
 from sync.outbox import OutboxConfig
 from sync.uplink import UplinkConfig
@@ -74,6 +78,10 @@ class PoleConfig(Strict):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="The local SQLite outbox.")
     uplink: UplinkConfig = Field(default_factory=UplinkConfig, description="Sync to the receiver.")
     http: HttpConfig = Field(default_factory=HttpConfig, description="Local ingest API and status page.")
+    sensors: SensorList = Field(default_factory=list, description="Serial sensors, one [[sensors]] table each.")
+    traffic: TrafficConfig = Field(default_factory=TrafficConfig, description="Radar speed and speeding violations.")
+    air_quality: AirQualityConfig = Field(default_factory=AirQualityConfig, description="Particulate averaging.")
+    gps: GpsConfig = Field(default_factory=GpsConfig, description="GPS location and the clock check.")
 
     def outbox_path(self) -> Path:
         path = self.outbox.path

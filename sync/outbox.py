@@ -678,7 +678,10 @@ class Outbox:
         Meant for a single consumer (the uplink): it consumes the notification.
         """
         try:
-            await asyncio.wait_for(self._new.wait(), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that lands as the event fires, and the uplink would never stop.
+            async with asyncio.timeout(timeout):
+                await self._new.wait()
         except TimeoutError:
             return False
         self._new.clear()

@@ -184,7 +184,8 @@ class HttpUplink:
         """A wait that 'sync now' cuts short."""
         self._wake.clear()
         try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):  # not wait_for: see Outbox.wait_new
+                await self._wake.wait()
         except TimeoutError:
             pass
 

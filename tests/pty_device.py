@@ -1,0 +1,46 @@
+"""A serial device for tests: a pseudo-terminal behind a symlink that can be unplugged and replugged."""
+
+from __future__ import annotations
+
+import os
+import tty
+from pathlib import Path
+
+
+class PtyDevice:
+    """The test writes to the master side; the code under test opens ``path`` with pyserial.
+
+    ``unplug`` closes the pty (the reader's next read fails, the /dev/pts node goes)
+    and removes the symlink, as a USB serial adapter's by-id link disappears;
+    ``replug`` makes a new pty and points the link at it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._master: int | None = None
+        self._slave: int | None = None
+        self.replug()
+
+    def replug(self) -> None:
+        assert self._master is None
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        self.path.symlink_to(os.ttyname(slave))
+        self._master, self._slave = master, slave
+
+    def unplug(self) -> None:
+        self.path.unlink()
+        for fd in (self._master, self._slave):
+            if fd is not None:
+                os.close(fd)
+        self._master = self._slave = None
+
+    def write(self, data: bytes) -> None:
+        assert self._master is not None
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._master, view) :]
+
+    def close(self) -> None:
+        if self._master is not None:
+            self.unplug()
