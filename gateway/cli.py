@@ -114,6 +114,12 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from gateway.replay import replay_main
+
+    return replay_main(Path(args.input), Path(args.out), Path(args.config) if args.config else None)
+
+
 def cmd_sensors_decode(args: argparse.Namespace) -> int:
     from gateway.sensor_tools import decode_main
 
@@ -163,6 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="var/demo", metavar="DIR", help="where the demo keeps its files (default: %(default)s)")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds (default: run until Ctrl-C)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "replay",
+        help="run the vision pipeline over a video or a folder of images",
+        description="Run the pole's vision pipeline over INPUT (a video file, or a folder of images processed "
+        "one by one in name order) and write DIR/events.jsonl (each event as the pole would commit it, plus "
+        "'source' and 'snapshot') and the redacted JPEGs under DIR/snapshots/. Exit status 0 when done, 1 when "
+        "some images could not be decoded, 2 for a missing or corrupt input, a bad config or a missing model.",
+    )
+    p.add_argument("input", metavar="INPUT", help="video file or folder of images")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--config", metavar="FILE", help="pole configuration whose [vision] and [privacy] to use")
+    p.set_defaults(func=cmd_replay)
 
     from gateway.sensor_tools import KINDS
 

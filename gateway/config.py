@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.air_quality import AirQualityConfig
 from gateway.http_server import HttpConfig
 from gateway.location import GpsConfig
 from gateway.logs import LogFormat, LogLevel
+from gateway.privacy import PlatePolicy
 from gateway.speed import TrafficConfig
+from gateway.vision_config import VisionConfig
+from hal.camera import CameraConfig
 from hal.sensors.config import SensorList
 from sync.events import Location
 from sync.outbox import OutboxConfig
@@ -69,6 +72,12 @@ class PathsConfig(Strict):
         return Path(os.environ.get("CACHE_DIRECTORY", "").split(":")[0] or self.cache_dir)
 
 
+class PrivacyConfig(Strict):
+    """What may leave the pole about people and vehicles."""
+
+    plates: PlatePolicy = Field(default_factory=PlatePolicy, description="Plate text: drop, keyed hash or keep.")
+
+
 class PoleConfig(Strict):
     """The whole pole configuration file."""
 
@@ -78,10 +87,20 @@ class PoleConfig(Strict):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="The local SQLite outbox.")
     uplink: UplinkConfig = Field(default_factory=UplinkConfig, description="Sync to the receiver.")
     http: HttpConfig = Field(default_factory=HttpConfig, description="Local ingest API and status page.")
+    cameras: list[CameraConfig] = Field(default_factory=list, description="Cameras, one [[cameras]] table each.")
+    vision: VisionConfig = Field(default_factory=VisionConfig, description="Detection, tracking, redaction, snapshots.")
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig, description="Plate text policy.")
     sensors: SensorList = Field(default_factory=list, description="Serial sensors, one [[sensors]] table each.")
     traffic: TrafficConfig = Field(default_factory=TrafficConfig, description="Radar speed and speeding violations.")
     air_quality: AirQualityConfig = Field(default_factory=AirQualityConfig, description="Particulate averaging.")
     gps: GpsConfig = Field(default_factory=GpsConfig, description="GPS location and the clock check.")
+
+    @model_validator(mode="after")
+    def _unique_camera_names(self) -> PoleConfig:
+        names = [c.name for c in self.cameras]
+        if len(names) != len(set(names)):
+            raise ValueError(f"two cameras share a name: {sorted(n for n in names if names.count(n) > 1)[0]!r}")
+        return self
 
     def outbox_path(self) -> Path:
         path = self.outbox.path

@@ -1,0 +1,225 @@
+"""Redaction of faces and plates, before any frame is encoded.
+
+The detectors look for faces (on the whole frame and, enlarged, in the upper
+part of every person box, where small faces are found that the whole-frame
+pass misses) and for plate candidates in every vehicle box. Two passes over
+what they find: the first covers, with a margin, everything scoring at least
+the first-pass thresholds; the second goes over everything down to the lower
+second-pass thresholds and covers what the first left uncovered. (The
+detectors run once, at the lower threshold: running them again on the
+redacted image would cost twice as much and find nothing new outside the
+covered regions, while CenterFace keeps firing on the covered heads.) A
+covered region keeps no identifiable detail: a pixelation to at most 8x8
+blocks, a blur whose kernel spans the whole box, or a fill.
+
+If a detector is missing or fails, :meth:`Redactor.redact` raises
+:class:`RedactionUnavailable` and the caller keeps no image: redaction fails
+closed. :func:`residual_detail` is the measure that tells a redaction from a
+light blur.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.detection import Box, FaceDetector, covered_fraction, expand, offset, to_pixels
+from models.plates import PlateFinder
+
+Method = Literal["pixelate", "blur", "fill"]
+Kind = Literal["face", "plate"]
+
+_MIN_PERSON_PX = 24  # person boxes shorter than this hold a face of under 4 px: nothing to identify
+_MIN_VEHICLE_PX = 24
+_COVERED = 0.9  # a second-pass find this much under earlier redactions is already handled
+
+REDACTED_BELOW = 0.3
+"""A region whose :func:`residual_detail` against the original is below this counts as redacted."""
+
+
+class RedactionConfig(BaseModel):
+    """How faces and plates are found and covered before a snapshot is encoded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    face_threshold: float = Field(0.5, gt=0, lt=1, description="Face detector score for the first pass.")
+    face_second_pass_threshold: float = Field(
+        0.25, gt=0, lt=1, description="Face detector score for the second pass (what the first left uncovered)."
+    )
+    plate_threshold: float = Field(0.5, gt=0, lt=1, description="Text detector score for a plate candidate, first pass.")
+    plate_second_pass_threshold: float = Field(
+        0.3, gt=0, lt=1, description="Text detector score for a plate candidate, second pass (what the first left uncovered)."
+    )
+    margin: float = Field(0.25, ge=0.1, le=1.0, description="Margin added on every side of a box, as a fraction of its size.")
+    face_method: Method = Field("pixelate", description="How faces are covered: 'pixelate', 'blur' or 'fill'.")
+    plate_method: Method = Field(
+        "fill",
+        description="How plates are covered; 'fill' by default, since even 8 blocks across a plate "
+        "would keep one average per character.",
+    )
+    pixelate_blocks: int = Field(6, ge=2, le=8, description="Blocks across each side of a pixelated region (at most 8).")
+    head_crop_px: int = Field(
+        96,
+        ge=64,
+        le=640,
+        multiple_of=32,
+        description="Side of the square the upper part of a person box is scaled into for the face pass inside it.",
+    )
+    face_max_side: int = Field(
+        640,
+        ge=320,
+        le=4096,
+        description="Longest side of the frame given to the whole-frame face pass (cost and memory grow with "
+        "its square; small faces are found by the pass inside person boxes).",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RedactedRegion:
+    """One covered region of a snapshot, in image pixels (margin included)."""
+
+    kind: Kind
+    box: Box
+    score: float
+    pass_no: int
+
+
+@dataclass(frozen=True, slots=True)
+class Redaction:
+    """A redacted copy of a frame and what was covered."""
+
+    image: np.ndarray
+    regions: tuple[RedactedRegion, ...]
+
+    def count(self, kind: Kind) -> int:
+        return sum(1 for r in self.regions if r.kind == kind)
+
+
+class RedactionUnavailable(Exception):
+    """Redaction cannot be done (a model is missing or failed): keep no image."""
+
+
+def cover(image: np.ndarray, box: Box, method: Method, blocks: int) -> None:
+    """Make the region unrecognisable, in place."""
+    x1, y1, x2, y2 = to_pixels(box)
+    region = image[y1:y2, x1:x2]
+    h, w = region.shape[:2]
+    if h == 0 or w == 0:
+        return
+    if method == "fill":
+        region[...] = np.array(cv2.mean(region)[: region.shape[2] if region.ndim == 3 else 1], region.dtype)
+    elif method == "pixelate":
+        small = cv2.resize(region, (min(blocks, w), min(blocks, h)), interpolation=cv2.INTER_AREA)
+        region[...] = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST).reshape(region.shape)
+    else:
+        k = max(w, h) | 1
+        region[...] = cv2.GaussianBlur(region, (k, k), sigmaX=k / 3, borderType=cv2.BORDER_REPLICATE).reshape(
+            region.shape
+        )
+
+
+def residual_detail(original: np.ndarray, redacted: np.ndarray) -> float:
+    """How much identifying detail of ``original`` survives in ``redacted`` (same region, same size).
+
+    Both are brought to 64 px high and band-passed (a difference of Gaussians,
+    sigma 0.7 and 1.5 px: about 15 to 30 cycles per region height, the fine
+    detail that tells one face or one character from another); the result is
+    the Pearson correlation of the two. On the test faces an untouched or
+    JPEG-compressed region scores above 0.95 and a light blur (sigma 1/40 of
+    the face) above 0.7, while each redaction method scores under 0.3:
+    :data:`REDACTED_BELOW` is the bar.
+    """
+
+    def band(img: np.ndarray) -> np.ndarray:
+        grey = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+        h, w = grey.shape
+        size = (max(16, int(round(64 * w / h))), 64)
+        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+        return cv2.GaussianBlur(grey, (0, 0), 0.7) - cv2.GaussianBlur(grey, (0, 0), 1.5)
+
+    a, b = band(original).ravel(), band(redacted).ravel()
+    a, b = a - a.mean(), b - b.mean()
+    denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denom) if denom > 1e-6 else 0.0
+
+
+def _letterbox(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    """``image`` scaled to fit a ``side`` x ``side`` black square (top-left), and the scale used.
+
+    One input size for every crop keeps the face model's memory plan fixed.
+    """
+    scale = side / max(image.shape[0], image.shape[1])
+    w, h = max(1, int(image.shape[1] * scale)), max(1, int(image.shape[0] * scale))
+    canvas = np.zeros((side, side, *image.shape[2:]), image.dtype)
+    canvas[:h, :w] = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+    return canvas, scale
+
+
+class Redactor:
+    """Finds and covers faces and plates in two passes; fails closed."""
+
+    def __init__(
+        self,
+        faces: FaceDetector | None,
+        plates: PlateFinder | None,
+        config: RedactionConfig | None = None,
+        unavailable: str | None = None,
+    ) -> None:
+        self.faces = faces
+        self.plates = plates
+        self.config = config or RedactionConfig()
+        missing = [name for name, part in (("face detector", faces), ("plate detector", plates)) if part is None]
+        self.unavailable = unavailable or (f"no {' and no '.join(missing)}" if missing else None)
+
+    @property
+    def available(self) -> bool:
+        return self.unavailable is None
+
+    def redact(self, image: np.ndarray, people: Sequence[Box], vehicles: Sequence[Box]) -> Redaction:
+        """A redacted copy of ``image``; ``people`` and ``vehicles`` are the detector's boxes in it."""
+        if self.unavailable is not None:
+            raise RedactionUnavailable(self.unavailable)
+        c = self.config
+        out = image.copy()
+        regions: list[RedactedRegion] = []
+        try:
+            found = self._find(image, people, vehicles, c.face_second_pass_threshold, c.plate_second_pass_threshold)
+        except Exception as exc:
+            raise RedactionUnavailable(f"redaction failed: {type(exc).__name__}: {exc}") from exc
+        height, width = out.shape[:2]
+        first = [f for f in found if f[2] >= (c.face_threshold if f[0] == "face" else c.plate_threshold)]
+        for pass_no, finds in ((1, first), (2, [f for f in found if f not in first])):
+            done = [r.box for r in regions]
+            for kind, box, score in finds:
+                if pass_no > 1 and covered_fraction(box, done) >= _COVERED:
+                    continue
+                region = expand(box, c.margin, width, height)
+                cover(out, region, c.face_method if kind == "face" else c.plate_method, c.pixelate_blocks)
+                regions.append(RedactedRegion(kind, region, score, pass_no))
+        return Redaction(out, tuple(regions))
+
+    def _find(
+        self, image: np.ndarray, people: Sequence[Box], vehicles: Sequence[Box], face_t: float, plate_t: float
+    ) -> list[tuple[Kind, Box, float]]:
+        assert self.faces is not None and self.plates is not None
+        found: list[tuple[Kind, Box, float]] = [("face", d.box, d.score) for d in self.faces.detect(image, face_t)]
+        height, width = image.shape[:2]
+        for person in people:
+            if person[3] - person[1] < _MIN_PERSON_PX:
+                continue
+            head = (person[0], person[1], person[2], person[1] + 0.45 * (person[3] - person[1]))
+            x1, y1, x2, y2 = to_pixels(expand(head, 0.15, width, height))
+            if x2 - x1 < 4 or y2 - y1 < 4:
+                continue
+            crop, scale = _letterbox(image[y1:y2, x1:x2], self.config.head_crop_px)
+            found += [("face", offset(d.box, x1, y1, scale), d.score) for d in self.faces.detect(crop, face_t)]
+        for vehicle in vehicles:
+            if min(vehicle[2] - vehicle[0], vehicle[3] - vehicle[1]) < _MIN_VEHICLE_PX:
+                continue
+            found += [("plate", p.box, p.score) for p in self.plates.find(image, vehicle, plate_t)]
+        return found
