@@ -1,30 +1,54 @@
-"""The pole daemon: wires the outbox, the uplink and the local server, and supervises them.
+"""The pole daemon: wires the outbox, the uplink, the cameras' vision pipelines, the serial
+sensors and the local web server, and keeps them running.
 
-Shutdown (SIGTERM or SIGINT): the local server stops taking requests and waits
-for those in flight, the components are cancelled, then the outbox commits
-every event already handed to it and closes.
+Every component runs under one supervisor in one TaskGroup; a crashed component
+is logged and restarted with backoff. Nothing the pole might lack (a camera, a
+serial port, the receiver, a model file) stops the daemon: each is reported on
+the status page and retried. systemd hears ``READY=1`` once the outbox is open,
+the web server listens and every camera has been tried, and ``WATCHDOG=1`` only
+while the pipelines, the capture threads and the outbox writer keep moving.
+
+Stopping (SIGTERM or SIGINT): the web server stops taking requests, producers
+stop and flush (the last air-quality minute, open radar passes, pipeline
+events), the uplink is cancelled, and the outbox commits everything already
+handed to it. SIGHUP or the status page's "reload config" restarts all of it
+in-process with the re-read file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import shutil
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import cv2
 import structlog
 import uvloop
+from aiohttp import web
 
 from gateway.config import PoleConfig
-from gateway.configfile import config_version
+from gateway.configfile import ConfigError, config_version, load_config
 from gateway.http_server import LocalServer
 from gateway.ingest import make_ingest_handler
 from gateway.logs import configure_logging
+from gateway.metrics import PoleMetrics
+from gateway.pipeline import VisionParts, VisionPipeline
+from gateway.recorder import RecordingSink
+from gateway.sensor_service import SensorService
+from gateway.status_page import StatusPage
 from gateway.supervisor import FatalError, Supervisor
+from gateway.systemd import Notifier, feed_watchdog, watchdog_interval
 from gateway.version import SOFTWARE_VERSION
+from gateway.vision_setup import build_pipeline, load_parts, make_executor
+from gateway.webauth import WebAuth
 from sync.events import Location
 from sync.outbox import Outbox
 from sync.uplink import SimulatedUplink, Uplink
@@ -32,29 +56,183 @@ from sync.uplink_http import HttpUplink
 
 log = structlog.get_logger("daemon")
 
+STOP_GRACE_S = 8.0  # systemd allows TimeoutStopSec; we aim to be done well inside 10 s
+
 
 class Daemon:
-    """One pole's running state; ``run`` until ``stop`` is set."""
+    """One pole's running state; ``await run(stop)`` until ``stop`` is set."""
 
-    def __init__(self, config: PoleConfig, config_version: str = "unknown") -> None:
+    def __init__(self, config: PoleConfig, config_path: Path | None = None, notifier: Notifier | None = None) -> None:
         self.config = config
-        self.config_version = config_version
+        self.config_path = config_path
+        self.config_version = config_version(config_path) if config_path else "embedded"
+        self.pole_id = config.pole.id
+        self.notifier = notifier or Notifier()
         self.started = time.time()
+        self.metrics = PoleMetrics()
         self.supervisor = Supervisor()
+        http = config.http
+        self.auth = WebAuth(
+            http.password_hash.get_secret_value() if http.password_hash else None,
+            http.ingest_token.get_secret_value() if http.ingest_token else None,
+            http.session_hours,
+        )
+        self.server = LocalServer(http, self.auth.middleware)
         self.outbox: Outbox | None = None
+        self.sink: RecordingSink | None = None
         self.uplink: Uplink | None = None
-        self.server = LocalServer(config.http)
+        self.sensors: SensorService | None = None
+        self.parts: VisionParts | None = None
+        self.vision_error: str | None = None
+        self.pipelines: list[VisionPipeline] = []
         self.ready = asyncio.Event()
+        self.reload_requested = False
+        self._stop: asyncio.Event | None = None
+
+    # ------------------------------------------------------------------ wiring
 
     def location(self) -> Location | None:
+        if self.sensors is not None:
+            return self.sensors.location.current()
         fallback = self.config.pole.location
         return fallback.as_location() if fallback else None
+
+    def _build_uplink(self, outbox: Outbox) -> Uplink:
+        cfg = self.config.uplink
+        if cfg.kind == "simulated":
+            return SimulatedUplink(outbox, cfg)
+        if cfg.token is None:
+            log.warning("uplink_without_token", hint="set SMARTPOLE_UPLINK_TOKEN; the receiver will answer 401")
+        return HttpUplink(outbox, cfg, self.pole_id, self.status_block)
+
+    async def _build_vision(self, sink: RecordingSink, executor: ThreadPoolExecutor) -> None:
+        vision = self.config.vision
+        if not vision.enabled or not self.config.cameras:
+            return
+        try:
+            self.parts = await asyncio.to_thread(load_parts, vision, self.metrics.on_inference)
+        except Exception as exc:  # a missing model file: report it, keep the rest of the pole running
+            self.vision_error = str(exc)
+            log.error("vision_unavailable", error=str(exc))
+            return
+        on_plate = self.sensors.fusion.on_plate if self.sensors is not None else None
+        self.pipelines = [
+            build_pipeline(cam, vision, self.parts, self.config.privacy.plates, sink, executor, on_plate, self.location)
+            for cam in self.config.cameras
+        ]
+
+    def _register_routes(self, outbox: Outbox, sink: RecordingSink) -> None:
+        app = self.server.app
+        app.router.add_post(
+            "/v1/events", make_ingest_handler(sink, self.location, self.config.http.max_events_per_request)
+        )
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics_page)
+        StatusPage(self, self.auth).register(app)
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        self.notifier.send(STATUS="opening the outbox")
+        outbox = await Outbox.open(self.config.outbox_path(), self.config.outbox)
+        self.outbox = outbox
+        if outbox.recovered_from is not None:
+            log.error("outbox_recovered", moved_aside=str(outbox.recovered_from))
+        log.info("outbox_open", path=str(outbox.path), backlog=outbox.backlog, durability=self.config.outbox.durability)
+        sink = RecordingSink(outbox, lambda type_: self.metrics.events.labels(type_).inc())
+        self.sink = sink
+        executor = make_executor(self.config.vision)
+        producers_stop = asyncio.Event()
+        try:
+            if self.config.sensors:
+                fallback = self.config.pole.location
+                self.sensors = SensorService(
+                    self.config.sensors,
+                    sink,
+                    fallback_location=fallback.as_location() if fallback else None,
+                    traffic=self.config.traffic,
+                    air_quality=self.config.air_quality,
+                    gps=self.config.gps,
+                )
+            await self._build_vision(sink, executor)
+            self.uplink = self._build_uplink(outbox)
+            self._register_routes(outbox, sink)
+            await self.server.start()
+
+            async with asyncio.TaskGroup() as tg:
+                supervised = [tg.create_task(self.supervisor.supervise("uplink", self.uplink.run), name="uplink")]
+                if self.sensors is not None:
+                    for name, factory in self.sensors.components():
+                        supervised.append(tg.create_task(self.supervisor.supervise(name, factory), name=name))
+                producers = [
+                    tg.create_task(
+                        self.supervisor.supervise(f"camera:{p.name}", functools.partial(p.run, producers_stop)),
+                        name=f"camera:{p.name}",
+                    )
+                    for p in self.pipelines
+                ]
+                await self._cameras_tried()
+                self.ready.set()
+                self.notifier.send(READY=1, STATUS=self.status_line())
+                log.info("ready", cameras=len(self.pipelines), sensors=len(self.config.sensors), port=self.server.port)
+                interval = watchdog_interval()
+                if interval is not None:
+                    supervised.append(
+                        tg.create_task(feed_watchdog(self.notifier, interval, self.stuck, self.status_line))
+                    )
+
+                await stop.wait()
+                self.notifier.send(STOPPING=1, STATUS="stopping")
+                log.info("stopping", reload=self.reload_requested)
+                await self.server.stop()
+                producers_stop.set()
+                await _wait_or_cancel(producers, STOP_GRACE_S)
+                for task in supervised:
+                    task.cancel()
+        finally:
+            await self.server.stop()
+            if self.sensors is not None:
+                await self.sensors.aclose()
+            executor.shutdown(wait=False, cancel_futures=True)
+            await outbox.close()
+            log.info("stopped", backlog=outbox.backlog)
+
+    async def _cameras_tried(self, timeout: float = 15.0) -> None:
+        """Until every camera has made its first attempt to open (or ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while any(p.camera.stats().state == "starting" for p in self.pipelines) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------------ liveness
+
+    def stuck(self, within_s: float) -> list[str]:
+        """Components that made no progress in ``within_s`` seconds; empty when all is well."""
+        now = time.monotonic()
+        out = []
+        if self.outbox is not None and not self.outbox.writer_alive(within_s):
+            out.append("outbox writer")
+        for p in self.pipelines:
+            if now - p.last_progress > within_s:
+                out.append(f"pipeline {p.name}")
+            blocked = p.camera.blocked_since()
+            if blocked is not None and now - blocked > within_s:
+                out.append(f"camera thread {p.name}")
+        return out
+
+    def status_line(self) -> str:
+        backlog = self.outbox.backlog if self.outbox is not None else 0
+        state = self.uplink.state.state if self.uplink is not None else "starting"
+        cams = ", ".join(f"{p.name} {p.camera.stats().state}" for p in self.pipelines) or "no camera"
+        return f"backlog {backlog}, uplink {state}, {cams}"
+
+    # ------------------------------------------------------------------ status
 
     async def status_block(self) -> dict[str, Any]:
         """The status the pole reports upstream with every batch."""
         assert self.outbox is not None
         stats = await self.outbox.stats()
-        return {
+        block: dict[str, Any] = {
             "backlog": stats.depth,
             "oldest_age_s": stats.oldest_age_s,
             "outbox_bytes": stats.bytes_used,
@@ -63,57 +241,224 @@ class Daemon:
             "software_version": SOFTWARE_VERSION,
             "config_version": self.config_version,
             "uptime_s": round(time.time() - self.started, 1),
+            "cameras": {p.name: p.camera.stats().state for p in self.pipelines},
+        }
+        if self.sensors is not None:
+            clock = self.sensors.clock_watch.status()
+            block["clock"] = clock.as_dict()
+            block["sensors"] = {s.name: s.state for s in (x.stats() for x in self.sensors.sensors)}
+        return block
+
+    async def status(self) -> dict[str, Any]:
+        """Everything the status page and the metrics show, as plain data."""
+        assert self.outbox is not None and self.sink is not None
+        now = time.time()
+        ostats = await self.outbox.stats()
+        uplink = self.uplink.state if self.uplink is not None else None
+        disk = shutil.disk_usage(self.outbox.path.parent)
+        backlog = sum(ostats.depth.values())
+        rate = uplink.drain_events_per_s if uplink else 0.0
+        cameras = []
+        redactions: dict[str, int] = {}
+        for p in self.pipelines:
+            ps = p.stats()
+            cam = ps.camera
+            cameras.append(
+                {
+                    "name": cam.name,
+                    "kind": cam.kind,
+                    "state": cam.state,
+                    "up": cam.up,
+                    "frames_read": cam.frames_read,
+                    "frames_dropped": cam.frames_dropped,
+                    "last_frame_age_s": cam.last_frame_age_s,
+                    "read_fps": cam.read_fps,
+                    "pipeline_fps": ps.fps,
+                    "reopens": cam.reopens,
+                    "last_error": cam.last_error or ps.snapshots.last_error,
+                    "conditions": list(ps.active_conditions),
+                    "stage_ms": ps.stage_ms,
+                }
+            )
+            for kind, n in ps.snapshots.redactions.items():
+                redactions[kind] = redactions.get(kind, 0) + n
+        latest = self._latest_picture()
+        models = []
+        if self.parts is not None:
+            for source in self.parts.timed:
+                m = source.stats()
+                models.append({"name": m.name, "loaded": True, "inference_ms_p50": m.median_ms, "calls": m.inferences})
+        if self.vision_error is not None:
+            models.append({"name": self.vision_error, "loaded": False, "inference_ms_p50": None, "calls": 0})
+        sensors = self.sensors.status() if self.sensors is not None else None
+        clock = sensors.clock if sensors is not None else None
+        location = self.location()
+        return {
+            "now": now,
+            "pole": {
+                "id": self.pole_id,
+                "software_version": SOFTWARE_VERSION,
+                "config_version": self.config_version,
+                "started_at": self.started,
+                "uptime_s": now - self.started,
+                "location": location.as_dict() if location else None,
+                "clock": (
+                    f"{clock.state}" + (f", {clock.skew_s:+.2f} s from GPS" if clock.skew_s is not None else "")
+                    if clock is not None and clock.state != "unknown"
+                    else None
+                ),
+            },
+            "cameras": cameras,
+            "snapshot_seq": int(latest[0] * 1000) if latest else None,
+            "models": models,
+            "redactions": redactions,
+            "sensors": [s.as_dict() for s in sensors.sensors] if sensors is not None else [],
+            "outbox": {
+                "depth": ostats.depth,
+                "bytes_used": ostats.bytes_used,
+                "max_bytes": ostats.max_bytes,
+                "oldest_age_s": ostats.oldest_age_s,
+                "evicted": ostats.evicted,
+                "dead_letters": ostats.dead_letters,
+                "file_bytes": ostats.file_bytes,
+                "durability": ostats.durability,
+            },
+            "dead_letters": [
+                {"id": d.id, "seq": d.seq, "type": d.type, "reason": d.reason, "rejected_at": d.rejected_at}
+                for d in await self.outbox.dead_letters(10)
+            ],
+            "uplink": {
+                "state": uplink.state if uplink else "starting",
+                "last_success": uplink.last_success if uplink else None,
+                "last_error": uplink.last_error if uplink else None,
+                "last_error_at": uplink.last_error_at if uplink else None,
+                "backoff_s": uplink.backoff_s if uplink else 0.0,
+                "eta_s": backlog / rate if backlog and rate > 0 else (0.0 if not backlog else None),
+                "batches": dict(uplink.batches) if uplink else {},
+                "events_sent": uplink.events_sent if uplink else 0,
+                "bytes_sent": uplink.bytes_sent if uplink else 0,
+                "remote_config_version": uplink.remote_config_version if uplink else None,
+            },
+            "recent_events": [e.as_dict() for e in self.sink.recent],
+            "disk": {"free_bytes": disk.free, "total_bytes": disk.total, "path": str(self.outbox.path.parent)},
+            "components": [
+                {"name": c.name, "running": c.running, "restarts": c.restarts, "last_error": c.last_error}
+                for c in self.supervisor.components.values()
+            ],
         }
 
-    def _build_uplink(self, outbox: Outbox) -> Uplink:
-        cfg = self.config.uplink
-        if cfg.kind == "simulated":
-            return SimulatedUplink(outbox, cfg)
-        if cfg.token is None:
-            log.warning("uplink_without_token", hint="set SMARTPOLE_UPLINK_TOKEN; the receiver will answer 401")
-        return HttpUplink(outbox, cfg, self.config.pole.id, self.status_block)
+    def _latest_picture(self) -> tuple[float, bytes] | None:
+        """The newest redacted snapshot of any camera, with its time."""
+        latest: tuple[float, bytes] | None = None
+        for p in self.pipelines:
+            snap = p.snapshots.stats()
+            if snap.latest_jpeg is not None and snap.latest_ts is not None:
+                if latest is None or snap.latest_ts > latest[0]:
+                    latest = (snap.latest_ts, snap.latest_jpeg)
+        return latest
 
-    async def run(self, stop: asyncio.Event) -> None:
-        outbox = await Outbox.open(self.config.outbox_path(), self.config.outbox)
-        self.outbox = outbox
-        log.info("outbox_open", path=str(outbox.path), backlog=outbox.backlog, durability=self.config.outbox.durability)
+    def latest_snapshot(self) -> bytes | None:
+        latest = self._latest_picture()
+        return latest[1] if latest else None
+
+    def thumbnail(self, event_id: str) -> bytes | None:
+        return self.sink.picture(event_id) if self.sink is not None else None
+
+    def sync_now(self) -> str:
+        if self.uplink is None:
+            return "uplink not running"
+        self.uplink.sync_now()
+        return "sync started"
+
+    async def reload_config(self) -> tuple[bool, str]:
+        if self.config_path is None:
+            return False, "this daemon was started without a config file"
         try:
-            self.uplink = self._build_uplink(outbox)
-            self.server.app.router.add_post(
-                "/v1/events",
-                make_ingest_handler(outbox, self.location, self.config.http.max_events_per_request),
-            )
-            await self.server.start()
-            self.ready.set()
-            async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self.supervisor.supervise("uplink", self.uplink.run), name="uplink")]
-                await stop.wait()
-                log.info("stopping")
-                await self.server.stop()
-                for task in tasks:
-                    task.cancel()
-        finally:
-            await self.server.stop()
-            await outbox.close()
-            log.info("stopped", backlog=outbox.backlog)
+            await asyncio.to_thread(load_config, self.config_path, PoleConfig)
+        except ConfigError as exc:
+            return False, str(exc)
+        self.request_reload()
+        return True, "config valid; restarting the components with it"
+
+    def request_reload(self) -> None:
+        self.reload_requested = True
+        if self._stop is not None:
+            self._stop.set()
+
+    # ------------------------------------------------------------------ open endpoints
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        stuck = self.stuck(30.0)
+        body = {"status": "stuck" if stuck else "ok", "stuck": stuck, "ready": self.ready.is_set()}
+        return web.json_response(body, status=503 if stuck else 200)
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        body = self.metrics.render(await self.status())
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-async def _main(daemon: Daemon) -> int:
+async def _wait_or_cancel(tasks: list[asyncio.Task[None]], timeout: float) -> None:
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+
+
+async def serve(
+    config_path: Path | None,
+    config: PoleConfig,
+    on_daemon: Callable[[Daemon], Awaitable[None] | None] | None = None,
+) -> int:
+    """Run daemons until SIGTERM/SIGINT; SIGHUP or a reload request starts a new one with the re-read file."""
+    notifier = Notifier()
     stop = asyncio.Event()
+    current: list[Daemon] = []
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: current and current[-1].request_reload())
     fatal: list[BaseException] = []
     try:
-        await daemon.run(stop)
-    except* FatalError as group:
-        fatal.extend(group.exceptions)
+        while True:
+            daemon = Daemon(config, config_path, notifier)
+            current[:] = [daemon]
+            if on_daemon is not None:
+                maybe = on_daemon(daemon)
+                if maybe is not None:
+                    await maybe
+            try:
+                await daemon.run(stop)
+            except* FatalError as group:
+                fatal.extend(group.exceptions)
+            if fatal or not daemon.reload_requested:
+                break
+            assert config_path is not None
+            notifier.send(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
+            try:
+                config = load_config(config_path, PoleConfig)
+            except ConfigError as exc:  # the file changed again since it was checked: keep the old config
+                log.error("reload_refused", error=str(exc))
+            configure_logging(config.logging.level, config.logging.format, pole_id=config.pole.id)
+            stop.clear()
+            log.info("reloading", config=str(config_path))
+    finally:
+        notifier.close()
     for exc in fatal:
         log.error("fatal", error=str(exc))
     return 1 if fatal else 0
 
 
+def default_config_path() -> Path:
+    """``pole.toml`` in systemd's ``$CONFIGURATION_DIRECTORY``, else in /etc/smartpole."""
+    base = os.environ.get("CONFIGURATION_DIRECTORY", "").split(":")[0] or "/etc/smartpole"
+    return Path(base) / "pole.toml"
+
+
 def run_daemon(config: PoleConfig, config_path: Path) -> int:
     configure_logging(config.logging.level, config.logging.format, pole_id=config.pole.id)
+    # OpenCV prints its own unstructured warnings (every failed reopen of an absent camera);
+    # the camera's state and errors are already in our logs and on the status page.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     log.info("starting", config=str(config_path), version=SOFTWARE_VERSION, python=sys.version.split()[0])
-    return uvloop.run(_main(Daemon(config, config_version(config_path))))
+    return uvloop.run(serve(config_path, config))

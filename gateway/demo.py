@@ -1,14 +1,18 @@
 """``smartpole demo``: a receiver and a pole daemon on this machine, wired together.
 
-Everything lives under the work directory: the receiver's SQLite database and
-media, the pole's outbox. Each run registers the demo pole with the receiver
-again and prints a read token, so the events can be looked at with curl.
+The pole's camera is a recorded street video (looped, at its own frame rate) and
+its three serial sensors are simulated devices on pseudo-terminals, with a
+little line noise; everything else is the production code path. Files live
+under the work directory: the receiver's SQLite database and media, the pole's
+outbox. Each run registers the demo pole with the receiver again and prints a
+read token, so the events can be looked at with curl.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from contextlib import ExitStack
 from pathlib import Path
 
 import structlog
@@ -19,6 +23,10 @@ from gateway.config import LocationConfig, PathsConfig, PoleConfig, PoleSection
 from gateway.daemon import Daemon
 from gateway.http_server import HttpConfig
 from gateway.logs import configure_logging
+from gateway.vision_config import LineConfig, VisionConfig
+from gateway.webauth import hash_password
+from hal.camera import CameraConfig
+from hal.simulator import Faults, SimulatedSerialDevice
 from receiver import service
 from receiver.config import ReceiverConfig, ReceiverSection
 from sync.uplink import UplinkConfig
@@ -27,6 +35,9 @@ log = structlog.get_logger("demo")
 
 RECEIVER_PORT = 8480
 POLE_PORT = 8470
+PASSWORD = "smartpole-demo"
+INGEST_TOKEN = "demo-ingest-token-0123456789"
+STREET_VIDEO = Path(__file__).resolve().parent / "media" / "street.avi"
 
 
 def demo_receiver_config(workdir: Path) -> ReceiverConfig:
@@ -39,12 +50,17 @@ def demo_receiver_config(workdir: Path) -> ReceiverConfig:
     )
 
 
-def demo_pole_config(workdir: Path, token: str) -> PoleConfig:
+def demo_pole_config(workdir: Path, token: str, devices: list[SimulatedSerialDevice]) -> PoleConfig:
     return PoleConfig(
         pole=PoleSection(id="demo-pole", location=LocationConfig(lat=52.3731, lon=4.8922)),
         paths=PathsConfig(state_dir=workdir / "pole" / "state", cache_dir=workdir / "pole" / "cache"),
         uplink=UplinkConfig(url=f"http://127.0.0.1:{RECEIVER_PORT}", token=SecretStr(token), bandwidth_bytes_per_s=0),
-        http=HttpConfig(port=POLE_PORT),
+        http=HttpConfig(
+            port=POLE_PORT, password_hash=SecretStr(hash_password(PASSWORD)), ingest_token=SecretStr(INGEST_TOKEN)
+        ),
+        cameras=[CameraConfig(name="street", source=str(STREET_VIDEO), kind="file", rate="native", at_end="loop")],
+        vision=VisionConfig(lines=[LineConfig(name="crossing", start=(0.0, 0.55), end=(1.0, 0.55))]),
+        sensors=[d.config(name=d.kind if d.kind != "nmea" else "gps") for d in devices],
     )
 
 
@@ -61,21 +77,29 @@ async def _demo(workdir: Path, duration: float | None) -> None:
     reader_token = await service.add_reader(receiver_config, "demo")
     receiver_up = asyncio.Event()
     receiver_stop = asyncio.Event()
-    daemon = Daemon(demo_pole_config(workdir, pole_token), config_version="demo")
-    async with asyncio.TaskGroup() as tg:
-        receiving = tg.create_task(service.serve(receiver_config, receiver_stop, lambda _: receiver_up.set()))
-        await receiver_up.wait()
-        pole = tg.create_task(daemon.run(stop))
-        await daemon.ready.wait()
-        log.info(
-            "demo_ready",
-            pole_api=f"http://127.0.0.1:{POLE_PORT}/v1/events",
-            receiver=f"http://127.0.0.1:{RECEIVER_PORT}",
-            see_events=f"curl -H 'Authorization: Bearer {reader_token}' http://127.0.0.1:{RECEIVER_PORT}/v1/events",
-        )
-        await pole
-        receiver_stop.set()
-        await receiving
+    noisy = Faults(checksum=0.02, noise=0.02)
+    with ExitStack() as devices:
+        sims = [
+            devices.enter_context(SimulatedSerialDevice(kind, faults=noisy, seed=n))
+            for n, kind in enumerate(("pms5003", "nmea", "radar"))
+        ]
+        daemon = Daemon(demo_pole_config(workdir, pole_token, sims))
+        async with asyncio.TaskGroup() as tg:
+            receiving = tg.create_task(service.serve(receiver_config, receiver_stop, lambda _: receiver_up.set()))
+            await receiver_up.wait()
+            pole = tg.create_task(daemon.run(stop))
+            await daemon.ready.wait()
+            log.info(
+                "demo_ready",
+                status_page=f"http://127.0.0.1:{POLE_PORT}/ (password: {PASSWORD})",
+                receiver=f"http://127.0.0.1:{RECEIVER_PORT}",
+                see_events=f"curl -H 'Authorization: Bearer {reader_token}' http://127.0.0.1:{RECEIVER_PORT}/v1/events",
+                post_event=f"curl -H 'Authorization: Bearer {INGEST_TOKEN}' -d '{{\"type\":\"hello\"}}' "
+                f"-H 'Content-Type: application/json' http://127.0.0.1:{POLE_PORT}/v1/events",
+            )
+            await pole
+            receiver_stop.set()
+            await receiving
 
 
 def run_demo(workdir: Path, duration: float | None = None) -> int:

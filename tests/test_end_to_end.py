@@ -21,7 +21,9 @@ async def post_event(session: aiohttp.ClientSession, pole: PoleProcess, marker: 
     """The id the pole committed, or None if the pole could not answer (it may or may not have it)."""
     try:
         async with session.post(
-            pole.url + "/v1/events", json={"type": "reading", "priority": priority, "data": {"marker": marker}}
+            pole.url + "/v1/events",
+            json={"type": "reading", "priority": priority, "data": {"marker": marker}},
+            headers=pole.headers,
         ) as r:
             assert r.status == 201, await r.text()
             return (await r.json())["ids"][0]

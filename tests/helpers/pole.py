@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+INGEST_TOKEN = "ingest-token-for-tests-0123"
 
 
 def free_port() -> int:
@@ -33,14 +34,17 @@ def toml_value(value: Any) -> str:
 class PoleProcess:
     """Writes a pole config under ``workdir`` and runs the daemon; the local API port stays fixed across restarts."""
 
-    def __init__(self, workdir: Path, receiver_url: str, token: str, **sections: dict[str, Any]) -> None:
+    def __init__(
+        self, workdir: Path, receiver_url: str, token: str, extra_toml: str = "", **sections: dict[str, Any]
+    ) -> None:
+        """``sections`` add or override ``[table]`` keys; ``extra_toml`` is appended as is (``[[cameras]]`` ...)."""
         self.workdir = workdir
         self.port = free_port()
         self.config = workdir / "pole.toml"
         tables: dict[str, dict[str, Any]] = {
             "pole": {"id": "pole-1"},
             "paths": {"state_dir": workdir / "state"},
-            "http": {"port": self.port},
+            "http": {"port": self.port, "ingest_token": INGEST_TOKEN},
             "uplink": {
                 "url": receiver_url,
                 "bandwidth_bytes_per_s": 0,
@@ -57,12 +61,14 @@ class PoleProcess:
         for name, values in tables.items():
             lines.append(f"[{name}]")
             lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
-        self.config.write_text("\n".join(lines) + "\n")
+        self.config.write_text("\n".join(lines) + "\n" + extra_toml)
         self.env = dict(os.environ, SMARTPOLE_UPLINK_TOKEN=token, PYTHONPATH=str(ROOT))
         self.env.pop("JOURNAL_STREAM", None)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "pole.log"
         self.starts = 0
+
+    headers = {"Authorization": f"Bearer {INGEST_TOKEN}"}
 
     @property
     def url(self) -> str:
@@ -89,8 +95,17 @@ class PoleProcess:
             for line in proc.stdout:
                 out.write(line)
                 out.flush()
-                if b'"http_listening"' in line:
+                if b'"event": "ready"' in line:
                     listening.set()
+
+    def log_records(self) -> list[dict[str, Any]]:
+        records = []
+        for line in self.log.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        return records
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
