@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, NamedTuple, Protocol
 
 
 class Priority(enum.IntEnum):
@@ -71,9 +71,12 @@ class NewEvent:
     media: tuple[bytes, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """Receipt for an event that is durably committed to the outbox."""
+class Accepted(NamedTuple):
+    """Receipt for an event that is durably committed to the outbox.
+
+    A NamedTuple rather than a frozen dataclass: one is made per event on the
+    outbox's hot path, and this is several times cheaper to create.
+    """
 
     id: str
     seq: int

@@ -205,14 +205,23 @@ class _Pending:
 
     __slots__ = ("id", "priority", "type", "rest", "size", "media", "media_refs", "future")
 
-    def __init__(self, id: str, priority: Priority, type: str, rest: str, size: int, media: list[tuple[str, bytes]]):
+    def __init__(
+        self,
+        id: str,
+        priority: Priority,
+        type: str,
+        rest: str,
+        size: int,
+        media: list[tuple[str, bytes]],
+        media_refs: str | None,
+    ) -> None:
         self.id = id
         self.priority = priority
         self.type = type
         self.rest = rest
         self.size = size
         self.media = media
-        self.media_refs = " ".join(sha for sha, _ in media) or None
+        self.media_refs = media_refs
         self.future: asyncio.Future[Accepted]
 
     def row(self, seq: int, now: float) -> tuple:
@@ -223,42 +232,54 @@ class _Pending:
             self.type,
             now,
             self.size,
-            f'{{"id":"{self.id}","seq":{seq}{self.rest}',
+            f'{{"id":"{self.id}","seq":{seq},{self.rest}',
             self.media_refs,
         )
 
 
 _LABELS = {p: p.label for p in Priority}
+_NO_MEDIA: list[tuple[str, bytes]] = []  # shared, never mutated
+_ROW_OVERHEAD = 64  # id, seq and the row's other columns, roughly
 
 
 def _encode(event: NewEvent) -> _Pending:
     """Serialise everything but ``seq`` now, so a bad payload fails its own put, not a group.
 
     This runs once per event on the event loop, so it is kept lean: orjson, no
-    per-call encoder set-up, enum parsing only when the caller did not pass one.
+    per-call encoder set-up, enum parsing only when the caller did not pass one,
+    and nothing done for media when there is none.
     """
-    if not event.type or not isinstance(event.type, str):
+    kind = event.type
+    if type(kind) is not str or not kind:
         raise ValueError("event type must be a non-empty string")
     priority = event.priority
     if type(priority) is not Priority:
         priority = Priority.parse(priority)
-    media = [(hashlib.sha256(m).hexdigest(), bytes(m)) for m in event.media] if event.media else []
+    location = event.location
+    if event.media:
+        media = [(hashlib.sha256(m).hexdigest(), bytes(m)) for m in event.media]
+        shas = [sha for sha, _ in media]
+        refs: str | None = " ".join(shas)
+        media_bytes = sum(len(data) for _, data in media)
+    else:
+        media, shas, refs, media_bytes = _NO_MEDIA, [], None, 0
     try:
-        rest = orjson.dumps(
+        encoded = orjson.dumps(
             {
                 "ts": event.ts,
-                "type": event.type,
+                "type": kind,
                 "priority": _LABELS[priority],
-                "location": event.location.as_dict() if event.location else None,
+                "location": location.as_dict() if location is not None else None,
                 "data": event.data,
-                "media": [sha for sha, _ in media],
+                "media": shas,
             }
-        ).decode()
+        )
     except TypeError as exc:
         raise ValueError(f"event data is not JSON-serialisable: {exc}") from None
-    rest = "," + rest[1:]
-    size = len(rest) + 64 + sum(len(data) for _, data in media)
-    return _Pending(str(uuid_utils.uuid7()), priority, event.type, rest, size, media)
+    rest = encoded[1:].decode()  # without its opening brace: the writer puts id and seq first
+    return _Pending(
+        str(uuid_utils.uuid7()), priority, kind, rest, len(rest) + _ROW_OVERHEAD + media_bytes, media, refs
+    )
 
 
 def _primary_code(exc: BaseException) -> int | None:
