@@ -34,14 +34,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.config import PoleConfig
-    from gateway.daemon import run_daemon
+    from gateway.daemon import default_config_path, run_daemon
 
+    path = Path(args.config) if args.config else default_config_path()
     try:
-        config = load_config(Path(args.config), PoleConfig)
+        config = load_config(path, PoleConfig)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
-    return run_daemon(config, Path(args.config))
+    return run_daemon(config, path)
 
 
 def _load_receiver_config(path: str):  # type: ignore[no-untyped-def]
@@ -136,9 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="run the pole daemon",
-        description="Run the pole daemon: outbox, sync, local API. Stops cleanly on SIGTERM or Ctrl-C.",
+        description="Run the pole daemon: cameras and vision, serial sensors, the outbox, sync, and the local "
+        "server (ingest API, status page, metrics). SIGTERM or Ctrl-C stops it cleanly; SIGHUP reloads the config.",
     )
-    p.add_argument("--config", required=True, metavar="FILE", help="pole configuration (TOML)")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="pole configuration (TOML); default: pole.toml in $CONFIGURATION_DIRECTORY, else /etc/smartpole",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
