@@ -37,6 +37,7 @@ import cv2
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gateway.scratch import use_memory_for_temp_files  # noqa: E402
 from gateway.pipeline import VisionPipeline  # noqa: E402
 from gateway.privacy import PlatePolicy  # noqa: E402
 from gateway.replay import replay_vision  # noqa: E402
@@ -127,6 +128,7 @@ def one_size(clip: Path, threads: int, every_frame: bool) -> dict[str, object]:
 
 
 def main() -> None:
+    use_memory_for_temp_files()  # as the daemon does: tesseract's plate crops go through memory
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
     parser.add_argument("--frames", type=int, default=10**6, help="use at most this many frames of the video")

@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gateway.scratch import use_memory_for_temp_files  # noqa: E402
 from gateway.plate_reader import PlateReader  # noqa: E402
 from gateway.privacy import normalise_plate  # noqa: E402
 from gateway.vision_config import PlateReadingConfig  # noqa: E402
@@ -82,6 +83,7 @@ def render(rng: random.Random, text: str) -> np.ndarray:
 
 
 def main() -> None:
+    use_memory_for_temp_files()  # as the daemon does: tesseract's plate crops go through memory
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plates", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)

@@ -60,16 +60,16 @@ class LoggingConfig(Strict):
 
 
 class PathsConfig(Strict):
-    """Where the daemon keeps its files; systemd's $STATE_DIRECTORY and $CACHE_DIRECTORY win when set."""
+    """Where the daemon keeps its files; systemd's $STATE_DIRECTORY wins when set.
+
+    There is no cache: nothing the pole computes is worth keeping across restarts
+    but the outbox, and temporary files live in memory (see gateway.scratch).
+    """
 
     state_dir: Path = Field(Path("var/state"), description="Durable state (the outbox).")
-    cache_dir: Path = Field(Path("var/cache"), description="Disposable files.")
 
     def state(self) -> Path:
         return Path(os.environ.get("STATE_DIRECTORY", "").split(":")[0] or self.state_dir)
-
-    def cache(self) -> Path:
-        return Path(os.environ.get("CACHE_DIRECTORY", "").split(":")[0] or self.cache_dir)
 
 
 class PrivacyConfig(Strict):
@@ -83,7 +83,7 @@ class PoleConfig(Strict):
 
     pole: PoleSection = Field(default_factory=PoleSection, description="Identity and position of the pole.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log level and format.")
-    paths: PathsConfig = Field(default_factory=PathsConfig, description="State and cache directories.")
+    paths: PathsConfig = Field(default_factory=PathsConfig, description="Where durable state lives.")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="The local SQLite outbox.")
     uplink: UplinkConfig = Field(default_factory=UplinkConfig, description="Sync to the receiver.")
     http: HttpConfig = Field(default_factory=HttpConfig, description="Local ingest API and status page.")

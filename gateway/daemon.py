@@ -42,6 +42,7 @@ from gateway.logs import configure_logging
 from gateway.metrics import PoleMetrics
 from gateway.pipeline import VisionParts, VisionPipeline
 from gateway.recorder import RecordingSink
+from gateway.scratch import use_memory_for_temp_files
 from gateway.sensor_service import SensorService
 from gateway.status_page import StatusPage
 from gateway.supervisor import FatalError, Supervisor

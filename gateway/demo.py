@@ -23,6 +23,7 @@ from gateway.config import LocationConfig, PathsConfig, PoleConfig, PoleSection
 from gateway.daemon import Daemon
 from gateway.http_server import HttpConfig
 from gateway.logs import configure_logging
+from gateway.scratch import use_memory_for_temp_files
 from gateway.vision_config import LineConfig, VisionConfig
 from gateway.webauth import hash_password
 from hal.camera import CameraConfig
@@ -53,7 +54,7 @@ def demo_receiver_config(workdir: Path) -> ReceiverConfig:
 def demo_pole_config(workdir: Path, token: str, devices: list[SimulatedSerialDevice]) -> PoleConfig:
     return PoleConfig(
         pole=PoleSection(id="demo-pole", location=LocationConfig(lat=52.3731, lon=4.8922)),
-        paths=PathsConfig(state_dir=workdir / "pole" / "state", cache_dir=workdir / "pole" / "cache"),
+        paths=PathsConfig(state_dir=workdir / "pole" / "state"),
         uplink=UplinkConfig(url=f"http://127.0.0.1:{RECEIVER_PORT}", token=SecretStr(token), bandwidth_bytes_per_s=0),
         http=HttpConfig(
             port=POLE_PORT, password_hash=SecretStr(hash_password(PASSWORD)), ingest_token=SecretStr(INGEST_TOKEN)
@@ -104,6 +105,7 @@ async def _demo(workdir: Path, duration: float | None) -> None:
 
 def run_demo(workdir: Path, duration: float | None = None) -> int:
     configure_logging("info", "auto", pole_id="demo-pole")
+    use_memory_for_temp_files()
     log.info("demo_starting", workdir=str(workdir))
     uvloop.run(_demo(workdir, duration))
     return 0

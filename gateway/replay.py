@@ -32,6 +32,7 @@ from gateway.config import PoleConfig
 from gateway.configfile import ConfigError, load_config
 from gateway.logs import configure_logging
 from gateway.pipeline import VisionParts, VisionPipeline
+from gateway.scratch import use_memory_for_temp_files
 from gateway.privacy import PlatePolicy
 from gateway.vision_config import VisionConfig
 from gateway.vision_setup import load_parts, make_executor
@@ -96,6 +97,7 @@ def replay_main(input: Path, out: Path, config_path: Path | None) -> int:
     configure_logging("warning", "console", stream=sys.stderr)
     # Every failure is reported here in one line; OpenCV's own warnings would only repeat it.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    use_memory_for_temp_files()
     try:
         settings = load_settings(config_path)
     except ConfigError as exc:

@@ -19,6 +19,7 @@ import structlog
 from gateway.pipeline import LocationProvider, PlateCallback, StatsSource, VisionParts, VisionPipeline
 from gateway.plate_reader import PlateReader
 from gateway.privacy import PlatePolicy
+from gateway.scratch import temp_files_in_memory
 from gateway.vision_config import VisionConfig
 from hal.camera import CameraConfig, open_camera
 from models.detection import FaceDetector
@@ -104,6 +105,10 @@ def load_parts(config: VisionConfig, on_inference: InferenceCallback | None = No
     if finder is not None and config.plates.enabled:
         recognisers: list[PlateRecogniser] = []
         for name in config.plates.recognisers:
+            if name == "tesseract" and not temp_files_in_memory():
+                # pytesseract passes the plate crop through a temporary file: only in memory.
+                log.error("plate_recogniser_unavailable", recogniser=name, error="temporary files would go to disk")
+                continue
             try:
                 recogniser: PlateRecogniser = (
                     TesseractRecogniser(on_inference=on_inference)

@@ -12,6 +12,7 @@ import numpy as np
 
 from gateway.pipeline import VisionParts
 from gateway.vision_config import VisionConfig
+from gateway.scratch import use_memory_for_temp_files
 from gateway.vision_setup import load_parts
 from sync.events import Accepted, NewEvent
 
@@ -26,7 +27,11 @@ FACE_COUNTS = {"astronaut.png": 1, "basketball1.png": 2, "messi5.jpg": 1, "voc20
 
 @functools.cache
 def real_parts() -> VisionParts:
-    """The shipped models, loaded once for the whole test session (they are read-only)."""
+    """The shipped models, loaded once for the whole test session (they are read-only).
+
+    As in the daemon, temporary files go to memory first, or tesseract is left out.
+    """
+    use_memory_for_temp_files()
     return load_parts(VisionConfig())
 
 
