@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 import signal
 import subprocess
 import time
@@ -129,3 +130,37 @@ def test_daemon_logs_json_with_pole_id_and_stops_on_sigterm(
     assert records and all(r["pole_id"] == "pole-json" for r in records)
     assert any(r["event"] == "stopped" for r in records)
     assert (tmp_path / "state" / "outbox.db").exists()
+
+
+def _types_in(annotation: object) -> list[object]:
+    """Every type named inside an annotation: X | None, list[X], Annotated[Union[A, B], ...]..."""
+    return [annotation, *(t for arg in typing.get_args(annotation) for t in _types_in(arg))]
+
+
+def _models(model: type, seen: set[type]) -> list[type]:
+    """``model`` and every pydantic model reachable through its fields."""
+    from pydantic import BaseModel
+
+    out = [model]
+    seen.add(model)
+    for info in model.model_fields.values():
+        for kind in _types_in(info.annotation):
+            if isinstance(kind, type) and issubclass(kind, BaseModel) and kind not in seen:
+                out += _models(kind, seen)
+    return out
+
+
+@pytest.mark.parametrize("root", ["pole", "receiver"])
+def test_every_setting_is_described_and_strict(root: str) -> None:
+    from gateway.config import PoleConfig
+
+    model = PoleConfig if root == "pole" else ReceiverConfig
+    models = _models(model, set())
+    assert len(models) > (15 if root == "pole" else 3), [m.__name__ for m in models]
+    undescribed = [
+        f"{m.__name__}.{name}" for m in models for name, info in m.model_fields.items() if not info.description
+    ]
+    assert not undescribed, undescribed
+    lax = [m.__name__ for m in models if m.model_config.get("extra") != "forbid"]
+    assert not lax, f"models that accept unknown keys: {lax}"
+    model()  # every table has defaults that validate
