@@ -418,7 +418,11 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: current and current[-1].request_reload())
+    def reload() -> None:
+        if current:
+            current[-1].request_reload()
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     fatal: list[BaseException] = []
     try:
         while True:
@@ -445,8 +449,8 @@ async def serve(
             log.info("reloading", config=str(config_path))
     finally:
         notifier.close()
-    for exc in fatal:
-        log.error("fatal", error=str(exc))
+    for error in fatal:
+        log.error("fatal", error=str(error))
     return 1 if fatal else 0
 
 

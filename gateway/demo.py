@@ -27,6 +27,7 @@ from gateway.scratch import use_memory_for_temp_files
 from gateway.vision_config import LineConfig, VisionConfig
 from gateway.webauth import hash_password
 from hal.camera import CameraConfig
+from hal.sensors.config import SensorKind
 from hal.simulator import Faults, SimulatedSerialDevice
 from receiver import service
 from receiver.config import ReceiverConfig, ReceiverSection
@@ -39,6 +40,7 @@ POLE_PORT = 8470
 PASSWORD = "smartpole-demo"
 INGEST_TOKEN = "demo-ingest-token-0123456789"
 STREET_VIDEO = Path(__file__).resolve().parent / "media" / "street.avi"
+SIMULATED_SENSORS: tuple[SensorKind, ...] = ("pms5003", "nmea", "radar")
 
 
 def demo_receiver_config(workdir: Path) -> ReceiverConfig:
@@ -82,7 +84,7 @@ async def _demo(workdir: Path, duration: float | None) -> None:
     with ExitStack() as devices:
         sims = [
             devices.enter_context(SimulatedSerialDevice(kind, faults=noisy, seed=n))
-            for n, kind in enumerate(("pms5003", "nmea", "radar"))
+            for n, kind in enumerate(SIMULATED_SENSORS)
         ]
         daemon = Daemon(demo_pole_config(workdir, pole_token, sims))
         async with asyncio.TaskGroup() as tg:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from gateway.webauth import is_password_hash
 
 log = structlog.get_logger("http")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
 
 
 class HttpConfig(BaseModel):
@@ -58,7 +56,9 @@ class LocalServer:
     def __init__(self, config: HttpConfig, auth: Middleware | None = None) -> None:
         """``auth`` guards every route (see gateway.webauth); tests may leave it out."""
         self.config = config
-        middlewares = [self._json_errors] + ([auth] if auth is not None else [])
+        middlewares: list[Middleware] = [self._json_errors]
+        if auth is not None:
+            middlewares.append(auth)
         self.app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None

@@ -107,7 +107,7 @@ class SqliteStore:
     async def _migrate(self) -> None:
         async with self._transaction() as db:
             row = await (await db.execute("SELECT max(version) FROM schema_version")).fetchone()
-            current = row[0] or 0
+            current = (row[0] if row else None) or 0
             for version in sorted(v for v in MIGRATIONS if v > current):
                 for statement in MIGRATIONS[version]:
                     await db.execute(statement)
@@ -238,16 +238,18 @@ class SqliteStore:
             if value is not None:
                 where.append(f"{column} {op} ?")
                 params.append(value)
-        rows = await self._reader.execute_fetchall(
-            "SELECT n, pole_id, event_id, seq, ts, type, priority, lat, lon, location_source, data, media,"
-            f" received_at FROM events WHERE {' AND '.join(where)} ORDER BY n LIMIT ?",
-            (*params, query.limit + 1),
+        rows = list(
+            await self._reader.execute_fetchall(
+                "SELECT n, pole_id, event_id, seq, ts, type, priority, lat, lon, location_source, data, media,"
+                f" received_at FROM events WHERE {' AND '.join(where)} ORDER BY n LIMIT ?",
+                (*params, query.limit + 1),
+            )
         )
         more = len(rows) > query.limit
         rows = rows[: query.limit]
         events = [
-            public_event(*r[1:10], orjson.loads(r[10]), orjson.loads(r[11]), r[12])  # type: ignore[misc]
-            for r in rows
+            public_event(pole, event_id, seq, ts, type_, prio, lat, lon, src, orjson.loads(data), orjson.loads(media), at)
+            for _, pole, event_id, seq, ts, type_, prio, lat, lon, src, data, media, at in rows
         ]
         return EventPage(events, rows[-1][0] if more else None)
 

@@ -381,7 +381,7 @@ class Outbox:
         await db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('next_seq', ?)", (start,))
         stored = await self._meta("next_seq") or 1
         top = await (await db.execute("SELECT max(seq) FROM events")).fetchone()
-        self._next_seq = max(stored, (top[0] or 0) + 1)
+        self._next_seq = max(stored, ((top[0] if top else None) or 0) + 1)
         async with db.execute("SELECT priority, count(*), total(size) FROM events GROUP BY priority") as cur:
             async for prio, n, size in cur:
                 self._count[Priority(prio)] = n
@@ -643,6 +643,7 @@ class Outbox:
         freed: list[tuple[Priority, int]] = []
         for prio, want in sorted(plan.items(), reverse=True):
             cutoff = await (await self._db.execute(_EVICTION_CUTOFF, (int(prio), want))).fetchone()
+            params: tuple[int, ...]
             if cutoff is None:
                 sql, params = "DELETE FROM events WHERE priority = ?", (int(prio),)
             else:
@@ -654,7 +655,7 @@ class Outbox:
                 log.warning("outbox_evicted", priority=prio.label, events=len(removed), reason="cap")
         return freed
 
-    async def _delete(self, sql: str, params: tuple) -> list[tuple[Priority, int]]:
+    async def _delete(self, sql: str, params: tuple[object, ...]) -> list[tuple[Priority, int]]:
         """Run a ``DELETE ... RETURNING priority, size, media`` and release the media it held."""
         assert self._db is not None
         rows = await self._db.execute_fetchall(sql, params)
@@ -822,7 +823,7 @@ class Outbox:
         reader = self._reader
         # created follows seq, so the lowest seq is the oldest without a scan.
         oldest = await (await reader.execute("SELECT created FROM events ORDER BY seq LIMIT 1")).fetchone()
-        evicted = dict(await reader.execute_fetchall("SELECT reason, n FROM counters ORDER BY reason"))
+        evicted = {str(r): int(n) for r, n in await reader.execute_fetchall("SELECT reason, n FROM counters")}
         dead = await (await reader.execute("SELECT count(*) FROM dead_letters")).fetchone()
         pages = await (await reader.execute("PRAGMA page_count")).fetchone()
         page_size = await (await reader.execute("PRAGMA page_size")).fetchone()
@@ -832,7 +833,7 @@ class Outbox:
             bytes_used=self.bytes_used,
             max_bytes=self.config.max_bytes,
             oldest_age_s=None if oldest is None else max(0.0, time.time() - oldest[0]),
-            evicted={str(k): int(v) for k, v in evicted.items()},
+            evicted=evicted,
             dead_letters=int(dead[0]) if dead else 0,
             file_bytes=int(pages[0]) * int(page_size[0]) if pages and page_size else 0,
             next_seq=self._next_seq,
