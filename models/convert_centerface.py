@@ -8,7 +8,7 @@ the batch, height and width dimensions of the input and outputs, drops the
 initialisers no node uses (batch-norm counters) and those the exporter also
 listed as graph inputs, and clears the stale intermediate shapes. The result is deterministic:
 ``models/weights/centerface_dynamic.onnx`` is this script's output. It needs
-the ``onnx`` package, which the pole itself does not.
+the ``onnx`` package (``pip install 'smartpole[tools]'``), which the pole itself does not.
 """
 
 from __future__ import annotations
