@@ -42,6 +42,18 @@ class EventQuery:
     limit: int = 100
 
 
+    def conditions(self) -> list[tuple[str, Any]]:
+        """The filters in force as (SQL condition with one placeholder ``{}``, value), cursor first."""
+        wanted = [
+            ("n > {}", self.after),
+            ("pole_id = {}", self.pole_id),
+            ("type = {}", self.type),
+            ("ts >= {}", self.since),
+            ("ts < {}", self.until),
+        ]
+        return [(sql, value) for sql, value in wanted if value is not None]
+
+
 @dataclass(frozen=True, slots=True)
 class EventPage:
     events: list[dict[str, Any]]

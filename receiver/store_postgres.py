@@ -204,17 +204,9 @@ class PostgresStore:
         return await self._pool.fetchval("SELECT 1 FROM media WHERE sha256 = $1", sha256) is not None
 
     async def query_events(self, query: EventQuery) -> EventPage:
-        where = ["n > $1"]
-        params: list[Any] = [query.after]
-        for column, op, value in (
-            ("pole_id", "=", query.pole_id),
-            ("type", "=", query.type),
-            ("ts", ">=", query.since),
-            ("ts", "<", query.until),
-        ):
-            if value is not None:
-                params.append(value)
-                where.append(f"{column} {op} ${len(params)}")
+        conditions = query.conditions()
+        where = [sql.format(f"${i}") for i, (sql, _) in enumerate(conditions, 1)]
+        params: list[Any] = [value for _, value in conditions]
         params.append(query.limit + 1)
         rows = await self._pool.fetch(
             "SELECT n, pole_id, event_id::text, seq, ts, type, priority, lat, lon, location_source, data, media,"

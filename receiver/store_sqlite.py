@@ -227,17 +227,9 @@ class SqliteStore:
         return row is not None
 
     async def query_events(self, query: EventQuery) -> EventPage:
-        where = ["n > ?"]
-        params: list[Any] = [query.after]
-        for column, op, value in (
-            ("pole_id", "=", query.pole_id),
-            ("type", "=", query.type),
-            ("ts", ">=", query.since),
-            ("ts", "<", query.until),
-        ):
-            if value is not None:
-                where.append(f"{column} {op} ?")
-                params.append(value)
+        conditions = query.conditions()
+        where = [sql.format("?") for sql, _ in conditions]
+        params: list[Any] = [value for _, value in conditions]
         rows = list(
             await self._reader.execute_fetchall(
                 "SELECT n, pole_id, event_id, seq, ts, type, priority, lat, lon, location_source, data, media,"
