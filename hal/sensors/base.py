@@ -60,3 +60,22 @@ class Parser(Protocol[R]):
     def flush(self) -> Parsed[R]:
         """The stream ended (end of file, device gone): count a pending partial frame and forget it."""
         ...
+
+
+class StreamState:
+    """What a framing parser remembers between chunks, shared by the PMS5003 and NMEA parsers.
+
+    ``_fresh`` is true until the first frame boundary of a stream: bytes before it
+    are the tail of something cut when the port opened, not noise. ``_in_noise``
+    makes a run of junk count once.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._restart()
+
+    def _restart(self) -> None:
+        self._buf.clear()
+        self._fresh = True
+        self._fresh_skipped = 0
+        self._in_noise = False

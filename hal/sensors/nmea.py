@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pynmeagps import NMEAMessageError, NMEAParseError, NMEAReader, NMEATypeError
 from pynmeagps.nmeahelpers import calc_checksum
 
-from hal.sensors.base import ErrorKind, Parsed
+from hal.sensors.base import ErrorKind, Parsed, StreamState
 
 # NMEA 0183 caps a sentence at 82 characters with "$" and CRLF; receivers with long
 # talker-specific fields exceed it a little, so allow some slack before calling it noise.
@@ -86,7 +86,7 @@ class _Malformed(Exception):
     """A sentence whose checksum is right but whose fields are not."""
 
 
-class NmeaParser:
+class NmeaParser(StreamState):
     """Finds NMEA sentences in a byte stream and decodes GGA and RMC.
 
     Resynchronises on ``$`` and line ends. Bytes before the first line end of a
@@ -95,10 +95,7 @@ class NmeaParser:
     """
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._fresh = True
-        self._fresh_skipped = 0
-        self._in_noise = False
+        super().__init__()
         self.skipped = 0
         """Well-formed sentences of types this parser does not decode."""
 
@@ -139,10 +136,7 @@ class NmeaParser:
         out: Parsed[GpsReading] = Parsed()
         if self._buf.startswith(b"$"):
             out.error(ErrorKind.TRUNCATED)
-        self._buf.clear()
-        self._fresh = True
-        self._fresh_skipped = 0
-        self._in_noise = False
+        self._restart()
         return out
 
     def _discard(self, n: int, out: Parsed[GpsReading]) -> None:

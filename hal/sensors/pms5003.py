@@ -26,7 +26,7 @@ import struct
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from hal.sensors.base import ErrorKind, Parsed
+from hal.sensors.base import ErrorKind, Parsed, StreamState
 
 START = b"\x42\x4d"
 FRAME_SIZE = 32
@@ -85,19 +85,13 @@ def _decode(frame: bytes | bytearray) -> PmsReading:
     return PmsReading(*words[3:12])
 
 
-class Pms5003Parser:
+class Pms5003Parser(StreamState):
     """Finds PMS5003 frames in a byte stream and resynchronises after a bad one.
 
     Up to a frame's worth of bytes before the first start characters is not an
     error: a reader that opens the port mid-frame sees the tail of one. After
     that, bytes between frames are noise, counted once per run.
     """
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._fresh = True
-        self._fresh_skipped = 0
-        self._in_noise = False
 
     def feed(self, data: bytes) -> Parsed[PmsReading]:
         out: Parsed[PmsReading] = Parsed()
@@ -139,10 +133,7 @@ class Pms5003Parser:
         out: Parsed[PmsReading] = Parsed()
         if self._buf.startswith(START) or (self._buf and not self._fresh):
             out.error(ErrorKind.TRUNCATED)
-        self._buf.clear()
-        self._fresh = True
-        self._fresh_skipped = 0
-        self._in_noise = False
+        self._restart()
         return out
 
     def _discard(self, n: int, out: Parsed[PmsReading]) -> None:
