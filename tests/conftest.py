@@ -1,8 +1,8 @@
 """Shared fixtures. Tests use real SQLite files, real servers on 127.0.0.1, the real
 PostgreSQL on 127.0.0.1:5432 and real processes.
 
-``SMARTPOLE_REQUIRE_SERVICES=1`` (set by .ci/run) turns a missing PostgreSQL or
-Mosquitto into a failure instead of a skip.
+``SMARTPOLE_REQUIRE_SERVICES=1`` (set by .ci/run) turns a missing PostgreSQL into a
+failure instead of a skip.
 """
 
 from __future__ import annotations
