@@ -31,10 +31,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.scratch import use_memory_for_temp_files  # noqa: E402
-from gateway.plate_reader import PlateReader  # noqa: E402
-from gateway.privacy import normalise_plate  # noqa: E402
-from gateway.vision_config import PlateReadingConfig  # noqa: E402
+from gateway.tmpfs import use_memory_for_temp_files  # noqa: E402
+from gateway.vision.plates import PlateReader  # noqa: E402
+from gateway.vision.privacy import normalise_plate  # noqa: E402
+from gateway.vision.config import PlateReadingConfig  # noqa: E402
 from models.ocr import PaddleRecogniser, PlateRecogniser, TesseractRecogniser, grow_quad, rectify  # noqa: E402
 from models.plates import PaddleTextPlateFinder  # noqa: E402
 from models.redact import RedactionConfig  # noqa: E402

@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from receiver import service  # noqa: E402
 from receiver.config import ReceiverConfig, ReceiverSection  # noqa: E402
-from receiver.store import EventQuery, open_store  # noqa: E402
+from receiver.store.base import EventQuery  # noqa: E402
+from receiver.store.factory import open_store  # noqa: E402
 from sync.events import NewEvent, Priority  # noqa: E402
 from sync.outbox import Outbox, OutboxConfig  # noqa: E402
 from sync.uplink import UplinkConfig  # noqa: E402
@@ -107,7 +108,7 @@ async def run(backend: str, events: int, batch: int, workdir: Path) -> dict[str,
     )
     env = dict(os.environ, SMARTPOLE_RECEIVER_DATABASE_URL=database_url, PYTHONPATH=str(ROOT))
     receiver = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "receiver", "--config", str(conf_file)], env=env, cwd=workdir
+        [sys.executable, "-m", "smartpole.cli", "receiver", "--config", str(conf_file)], env=env, cwd=workdir
     )
     try:
         outbox = await Outbox.open(workdir / "outbox.db", OutboxConfig(max_bytes=10**10))

@@ -13,14 +13,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.air_quality import AirQualityConfig
-from gateway.http_server import HttpConfig
-from gateway.location import GpsConfig
+from gateway.sensing.air_quality import AirQualityConfig
+from gateway.web.server import HttpConfig
+from gateway.sensing.location import GpsConfig
 from gateway.logs import LogFormat, LogLevel
-from gateway.privacy import PlatePolicy
-from gateway.speed import TrafficConfig
-from gateway.vision_config import VisionConfig
-from hal.camera import CameraConfig
+from gateway.vision.privacy import PlatePolicy
+from gateway.sensing.speed import TrafficConfig
+from gateway.vision.config import VisionConfig
+from hal.camera.base import CameraConfig
 from hal.sensors.config import SensorList
 from sync.events import Location
 from sync.outbox import OutboxConfig
@@ -63,7 +63,7 @@ class PathsConfig(Strict):
     """Where the daemon keeps its files; systemd's $STATE_DIRECTORY wins when set.
 
     There is no cache: nothing the pole computes is worth keeping across restarts
-    but the outbox, and temporary files live in memory (see gateway.scratch).
+    but the outbox, and temporary files live in memory (see gateway.tmpfs).
     """
 
     state_dir: Path = Field(Path("var/state"), description="Durable state (the outbox).")

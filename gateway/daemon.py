@@ -36,20 +36,30 @@ from aiohttp import web
 
 from gateway.config import PoleConfig
 from gateway.configfile import ConfigError, config_version, load_config
-from gateway.http_server import LocalServer
-from gateway.ingest import make_ingest_handler
+from gateway.web.server import LocalServer
+from gateway.web.ingest import make_ingest_handler
 from gateway.logs import configure_logging
-from gateway.metrics import PoleMetrics
-from gateway.pipeline import VisionParts, VisionPipeline
+from gateway.web.metrics import PoleMetrics
+from gateway.vision.pipeline import VisionParts, VisionPipeline
 from gateway.recorder import RecordingSink
-from gateway.scratch import use_memory_for_temp_files
-from gateway.sensor_service import SensorService
-from gateway.status_page import StatusPage
+from gateway.sensing.service import SensorService
+from gateway.web.status_page import StatusPage
+from gateway.status import (
+    CameraStatus,
+    ComponentStatus,
+    DiskStatus,
+    ModelStatus,
+    PoleInfo,
+    PoleStatus,
+    RecentEventStatus,
+    SensorStatus,
+    UplinkStatus,
+)
 from gateway.supervisor import FatalError, Supervisor
 from gateway.systemd import Notifier, feed_watchdog, watchdog_interval
 from gateway.version import SOFTWARE_VERSION
-from gateway.vision_setup import build_pipeline, load_parts, make_executor
-from gateway.webauth import WebAuth
+from gateway.vision.setup import build_pipeline, load_parts, make_executor
+from gateway.web.login import WebAuth
 from sync.events import Location
 from sync.outbox import Outbox
 from sync.uplink import SimulatedUplink, Uplink
@@ -122,7 +132,7 @@ class Daemon:
             for cam in self.config.cameras
         ]
 
-    def _register_routes(self, outbox: Outbox, sink: RecordingSink) -> None:
+    def _register_routes(self, sink: RecordingSink) -> None:
         app = self.server.app
         app.router.add_post(
             "/v1/events", make_ingest_handler(sink, self.location, self.config.http.max_events_per_request)
@@ -158,7 +168,7 @@ class Daemon:
                 )
             await self._build_vision(sink, executor)
             self.uplink = self._build_uplink(outbox)
-            self._register_routes(outbox, sink)
+            self._register_routes(sink)
             await self.server.start()
 
             async with asyncio.TaskGroup() as tg:
@@ -231,55 +241,35 @@ class Daemon:
 
     async def status_block(self) -> dict[str, Any]:
         """The status the pole reports upstream with every batch."""
-        assert self.outbox is not None
-        stats = await self.outbox.stats()
-        block: dict[str, Any] = {
-            "backlog": stats.depth,
-            "oldest_age_s": stats.oldest_age_s,
-            "outbox_bytes": stats.bytes_used,
-            "disk_free_bytes": shutil.disk_usage(self.outbox.path.parent).free,
-            "dead_letters": stats.dead_letters,
-            "software_version": SOFTWARE_VERSION,
-            "config_version": self.config_version,
-            "uptime_s": round(time.time() - self.started, 1),
-            "cameras": {p.name: p.camera.stats().state for p in self.pipelines},
-        }
-        if self.sensors is not None:
-            clock = self.sensors.clock_watch.status()
-            block["clock"] = clock.as_dict()
-            block["sensors"] = {s.name: s.state for s in (x.stats() for x in self.sensors.sensors)}
-        return block
+        return (await self.status()).status_block()
 
-    async def status(self) -> dict[str, Any]:
-        """Everything the status page and the metrics show, as plain data."""
+    async def status(self) -> PoleStatus:
+        """Everything the status page, ``/status.json``, the metrics and the uplink show, built here only."""
         assert self.outbox is not None and self.sink is not None
         now = time.time()
         ostats = await self.outbox.stats()
-        uplink = self.uplink.state if self.uplink is not None else None
         disk = shutil.disk_usage(self.outbox.path.parent)
-        backlog = sum(ostats.depth.values())
-        rate = uplink.drain_events_per_s if uplink else 0.0
         cameras = []
         redactions: dict[str, int] = {}
         for p in self.pipelines:
             ps = p.stats()
             cam = ps.camera
             cameras.append(
-                {
-                    "name": cam.name,
-                    "kind": cam.kind,
-                    "state": cam.state,
-                    "up": cam.up,
-                    "frames_read": cam.frames_read,
-                    "frames_dropped": cam.frames_dropped,
-                    "last_frame_age_s": cam.last_frame_age_s,
-                    "read_fps": cam.read_fps,
-                    "pipeline_fps": ps.fps,
-                    "reopens": cam.reopens,
-                    "last_error": cam.last_error or ps.snapshots.last_error,
-                    "conditions": list(ps.active_conditions),
-                    "stage_ms": ps.stage_ms,
-                }
+                CameraStatus(
+                    name=cam.name,
+                    kind=cam.kind,
+                    state=cam.state,
+                    up=cam.up,
+                    frames_read=cam.frames_read,
+                    frames_dropped=cam.frames_dropped,
+                    last_frame_age_s=cam.last_frame_age_s,
+                    read_fps=cam.read_fps,
+                    pipeline_fps=ps.fps,
+                    reopens=cam.reopens,
+                    last_error=cam.last_error or ps.snapshots.last_error,
+                    conditions=list(ps.active_conditions),
+                    stage_ms=ps.stage_ms,
+                )
             )
             for kind, n in ps.snapshots.redactions.items():
                 redactions[kind] = redactions.get(kind, 0) + n
@@ -288,65 +278,59 @@ class Daemon:
         if self.parts is not None:
             for source in self.parts.timed:
                 m = source.stats()
-                models.append({"name": m.name, "loaded": True, "inference_ms_p50": m.median_ms, "calls": m.inferences})
+                models.append(ModelStatus(m.name, True, m.median_ms, m.inferences))
         if self.vision_error is not None:
-            models.append({"name": self.vision_error, "loaded": False, "inference_ms_p50": None, "calls": 0})
+            models.append(ModelStatus(self.vision_error, False, None, 0))
         sensors = self.sensors.status() if self.sensors is not None else None
         clock = sensors.clock if sensors is not None else None
-        location = self.location()
-        return {
-            "now": now,
-            "pole": {
-                "id": self.pole_id,
-                "software_version": SOFTWARE_VERSION,
-                "config_version": self.config_version,
-                "started_at": self.started,
-                "uptime_s": now - self.started,
-                "location": location.as_dict() if location else None,
-                "clock": (
+        backlog = sum(ostats.depth.values())
+        return PoleStatus(
+            now=now,
+            pole=PoleInfo(
+                id=self.pole_id,
+                software_version=SOFTWARE_VERSION,
+                config_version=self.config_version,
+                started_at=self.started,
+                uptime_s=now - self.started,
+                location=self.location(),
+                clock=(
                     f"{clock.state}" + (f", {clock.skew_s:+.2f} s from GPS" if clock.skew_s is not None else "")
                     if clock is not None and clock.state != "unknown"
                     else None
                 ),
-            },
-            "cameras": cameras,
-            "snapshot_seq": int(latest[0] * 1000) if latest else None,
-            "models": models,
-            "redactions": redactions,
-            "sensors": [s.as_dict() for s in sensors.sensors] if sensors is not None else [],
-            "outbox": {
-                "depth": ostats.depth,
-                "bytes_used": ostats.bytes_used,
-                "max_bytes": ostats.max_bytes,
-                "oldest_age_s": ostats.oldest_age_s,
-                "evicted": ostats.evicted,
-                "dead_letters": ostats.dead_letters,
-                "file_bytes": ostats.file_bytes,
-                "durability": ostats.durability,
-            },
-            "dead_letters": [
-                {"id": d.id, "seq": d.seq, "type": d.type, "reason": d.reason, "rejected_at": d.rejected_at}
-                for d in await self.outbox.dead_letters(10)
+            ),
+            outbox=ostats,
+            uplink=UplinkStatus.of(self.uplink.state, backlog) if self.uplink is not None else UplinkStatus.starting(),
+            disk=DiskStatus(disk.free, disk.total, str(self.outbox.path.parent)),
+            cameras=cameras,
+            snapshot_seq=int(latest[0] * 1000) if latest else None,
+            models=models,
+            redactions=redactions,
+            sensors=[
+                SensorStatus(
+                    s.name,
+                    s.kind,
+                    s.port,
+                    s.state,
+                    s.connected,
+                    s.readings_total,
+                    s.errors,
+                    s.last_reading,
+                    s.last_reading_at,
+                )
+                for s in (sensors.sensors if sensors is not None else [])
             ],
-            "uplink": {
-                "state": uplink.state if uplink else "starting",
-                "last_success": uplink.last_success if uplink else None,
-                "last_error": uplink.last_error if uplink else None,
-                "last_error_at": uplink.last_error_at if uplink else None,
-                "backoff_s": uplink.backoff_s if uplink else 0.0,
-                "eta_s": backlog / rate if backlog and rate > 0 else (0.0 if not backlog else None),
-                "batches": dict(uplink.batches) if uplink else {},
-                "events_sent": uplink.events_sent if uplink else 0,
-                "bytes_sent": uplink.bytes_sent if uplink else 0,
-                "remote_config_version": uplink.remote_config_version if uplink else None,
-            },
-            "recent_events": [e.as_dict() for e in self.sink.recent],
-            "disk": {"free_bytes": disk.free, "total_bytes": disk.total, "path": str(self.outbox.path.parent)},
-            "components": [
-                {"name": c.name, "running": c.running, "restarts": c.restarts, "last_error": c.last_error}
+            clock=clock,
+            dead_letters=await self.outbox.dead_letters(10),
+            recent_events=[
+                RecentEventStatus(e.id, e.seq, e.type, e.priority, e.ts, e.data, e.picture is not None)
+                for e in self.sink.recent
+            ],
+            components=[
+                ComponentStatus(c.name, c.running, c.restarts, c.last_error)
                 for c in self.supervisor.components.values()
             ],
-        }
+        )
 
     def _latest_picture(self) -> tuple[float, bytes] | None:
         """The newest redacted snapshot of any camera, with its time."""

@@ -7,7 +7,6 @@ forgets an event as soon as the receiver has it.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,15 +46,12 @@ class RecordingSink:
         self.sink = sink
         self.on_event = on_event
         self.recent: deque[RecentEvent] = deque(maxlen=RECENT_EVENTS)
-        self.last_picture: tuple[float, bytes] | None = None
 
     def _remember(self, event: NewEvent, accepted: Accepted) -> None:
         picture = event.media[0] if event.media else None
         self.recent.appendleft(
             RecentEvent(accepted.id, accepted.seq, event.type, event.priority.label, event.ts, dict(event.data), picture)
         )
-        if picture is not None:
-            self.last_picture = (time.time(), picture)
         if self.on_event is not None:
             self.on_event(event.type)
 

@@ -31,12 +31,14 @@ import orjson
 from gateway.config import PoleConfig
 from gateway.configfile import ConfigError, load_config
 from gateway.logs import configure_logging
-from gateway.pipeline import VisionParts, VisionPipeline
-from gateway.scratch import use_memory_for_temp_files
-from gateway.privacy import PlatePolicy
-from gateway.vision_config import VisionConfig
-from gateway.vision_setup import load_parts, make_executor
-from hal.camera import IMAGE_SUFFIXES, Camera, CameraConfig, CameraError, OpenCVCamera, StillImages, probe_video
+from gateway.vision.pipeline import VisionParts, VisionPipeline
+from gateway.tmpfs import use_memory_for_temp_files
+from gateway.vision.privacy import PlatePolicy
+from gateway.vision.config import VisionConfig
+from gateway.vision.setup import load_parts, make_executor
+from hal.camera.base import Camera, CameraConfig, CameraError
+from hal.camera.opencv import OpenCVCamera, probe_video
+from hal.camera.stills import IMAGE_SUFFIXES, StillImages
 from models.registry import ModelError
 from sync.events import Accepted, NewEvent
 from sync.outbox import Outbox, OutboxConfig

@@ -23,8 +23,8 @@ import serial_asyncio_fast
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
 
-from hal.ratelimit import LogThrottle
-from hal.sensors.base import ErrorKind, Parsed, Parser
+from hal.log_throttle import LogThrottle
+from hal.sensors.parser import ErrorKind, Parsed, Parser
 from hal.sensors.config import AnySensorConfig, RadarConfig, SensorKind
 from hal.sensors.sensor import ReadingHandler, SensorReading, SensorState, SensorStats, new_parser
 

@@ -1,4 +1,4 @@
-"""Simulated detectors for the simulated camera's synthetic street (``hal.camera_sim``).
+"""Simulated detectors for the simulated camera's synthetic street (``hal.camera.simulated``).
 
 They find its shapes by colour: green bodies are people, saturated blue boxes
 vehicles, the skin-toned disc above a body a face, the white patch low on a

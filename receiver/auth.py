@@ -1,4 +1,4 @@
-"""Bearer tokens: generated once, shown once, stored only as sha256 hashes."""
+"""Bearer tokens: generated once, shown once, stored only as sha256 hashes; and checking them."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import hashlib
 import secrets
 
 from aiohttp import web
+
+from httpkit.errors import json_error
+from receiver.store.base import Store, TokenInfo
 
 TOKEN_PREFIX = "spt_"
 
@@ -24,3 +27,16 @@ def bearer(request: web.Request) -> str | None:
     if scheme.lower() != "bearer" or not value.strip():
         return None
     return value.strip()
+
+
+async def authenticate(request: web.Request, store: Store, role: str) -> TokenInfo | web.Response:
+    """The request's token if it is valid and has ``role``; else the 401 or 403 to answer."""
+    token = bearer(request)
+    if token is None:
+        return json_error(401, "missing bearer token")
+    info = await store.lookup_token(token_hash(token))
+    if info is None or info.revoked:
+        return json_error(401, "unknown or revoked token")
+    if info.role != role:
+        return json_error(403, f"this token is for a {info.role}, not a {role}")
+    return info

@@ -11,7 +11,7 @@ from aiohttp import web
 from receiver.app import Receiver
 from receiver.auth import new_token, token_hash
 from receiver.config import ReceiverConfig
-from receiver.store import open_store
+from receiver.store.factory import open_store
 
 log = structlog.get_logger("receiver")
 

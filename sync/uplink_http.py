@@ -34,7 +34,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from sync.events import Priority
 from sync.outbox import Outbox, OutboxRecord
 from sync.protocol import BATCHES_PATH, BatchReply, ErrorReply, compress, encode_batch
-from sync.ratelimit import TokenBucket
+from sync.bandwidth import TokenBucket
 from sync.uplink import UplinkConfig, UplinkState, wait_for_work
 
 log = structlog.get_logger("uplink")

@@ -25,7 +25,8 @@ from receiver.app import Receiver
 from receiver.auth import new_token, token_hash
 from receiver.config import ReceiverSection
 from receiver.policy import PolicyConfig
-from receiver.store import Store, open_store
+from receiver.store.base import Store
+from receiver.store.factory import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -43,7 +44,7 @@ def service_missing(what: str, error: BaseException) -> None:
 @pytest.fixture
 def smartpole_cmd() -> list[str]:
     """The CLI as a subprocess command, from this checkout."""
-    return [sys.executable, "-m", "gateway.cli"]
+    return [sys.executable, "-m", "smartpole.cli"]
 
 
 @pytest.fixture
@@ -102,7 +103,7 @@ class RunningReceiver:
         return token
 
     async def all_events(self) -> list[dict[str, Any]]:
-        from receiver.store import EventQuery
+        from receiver.store.base import EventQuery
 
         out: list[dict[str, Any]] = []
         after = 0

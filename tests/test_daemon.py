@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.webauth import hash_password
+from gateway.web.login import hash_password
 from hal.simulator import SimulatedSerialDevice
 from tests.conftest import DATA, ROOT
 from tests.helpers.pole import PoleProcess, free_port

@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from gateway.fusion import TrafficFusion
-from gateway.privacy import PlatePolicy
-from gateway.sightings import PlateSighting
-from gateway.speed import SpeedPass, SpeedPasses, TrafficConfig
+from gateway.sensing.fusion import TrafficFusion
+from gateway.vision.privacy import PlatePolicy
+from gateway.sensing.sightings import PlateSighting
+from gateway.sensing.speed import SpeedPass, SpeedPasses, TrafficConfig
 from hal.sensors.config import RadarConfig
 from hal.sensors.radar import RadarReading
 from sync.events import Location, NewEvent, Priority

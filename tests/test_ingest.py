@@ -9,8 +9,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.http_server import HttpConfig, LocalServer
-from gateway.ingest import make_ingest_handler
+from gateway.web.server import HttpConfig, LocalServer
+from gateway.web.ingest import make_ingest_handler
 from sync.events import Location, NewEvent, Priority
 from sync.outbox import Outbox, OutboxConfig
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.air_quality import AirQualityConfig
+from gateway.sensing.air_quality import AirQualityConfig
 from gateway.configfile import ConfigError, validate
-from gateway.location import GpsConfig
-from gateway.speed import TrafficConfig
+from gateway.sensing.location import GpsConfig
+from gateway.sensing.speed import TrafficConfig
 from hal.sensors.config import NmeaConfig, Pms5003Config, RadarConfig, SensorList
 
 EXAMPLE = """

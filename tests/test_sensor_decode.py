@@ -12,7 +12,7 @@ import pytest
 
 from tests.sensor_frames import GGA_CLASSIC, RMC_CLASSIC, nmea, pms_frame, radar_line
 
-DECODE = "import sys; from gateway.sensor_tools import decode_main; sys.exit(decode_main(sys.argv[1], sys.argv[2]))"
+DECODE = "import sys; from gateway.sensing.tools import decode_main; sys.exit(decode_main(sys.argv[1], sys.argv[2]))"
 
 
 def decode(kind: str, file: str, env: dict[str, str], stdin: bytes | None = None) -> tuple[int, list[Any], str]:

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from gateway.air_quality import AirQualityConfig
-from gateway.location import ClockWatch, GpsConfig, LocationProvider
-from gateway.privacy import PlatePolicy
-from gateway.sensor_events import SensorEvents
-from gateway.sensor_service import SensorService
-from gateway.sightings import PlateSighting
-from gateway.speed import TrafficConfig
+from gateway.sensing.air_quality import AirQualityConfig
+from gateway.sensing.location import ClockWatch, GpsConfig, LocationProvider
+from gateway.vision.privacy import PlatePolicy
+from gateway.sensing.events import SensorEvents
+from gateway.sensing.service import SensorService
+from gateway.sensing.sightings import PlateSighting
+from gateway.sensing.speed import TrafficConfig
 from hal.sensors.config import NmeaConfig, Pms5003Config, RadarConfig
 from hal.sensors.nmea import GpsReading
 from hal.sensors.pms5003 import PmsReading

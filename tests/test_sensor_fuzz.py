@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hal.sensors.base import ErrorKind
+from hal.sensors.parser import ErrorKind
 from hal.sensors.nmea import NmeaParser
 from hal.sensors.pms5003 import Pms5003Parser, PmsReading
 from hal.sensors.radar import RadarParser

@@ -17,7 +17,7 @@ from hal.sensors.nmea import GpsReading
 from hal.sensors.pms5003 import PmsReading
 from hal.sensors.radar import RadarReading
 from hal.sensors.sensor import SensorReading
-from hal.ratelimit import LogThrottle
+from hal.log_throttle import LogThrottle
 from hal.serialport import SerialSensor
 from tests.pty_device import PtyDevice
 from tests.sensor_frames import GGA_CLASSIC, RMC_CLASSIC, eventually, pms_frame, radar_line

@@ -20,7 +20,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from gateway.webauth import hash_password
+from gateway.web.login import hash_password
 from tests.conftest import ROOT, start_receiver, stop_receiver
 from tests.helpers.pole import PoleProcess, free_port
 

@@ -210,7 +210,7 @@ async def test_media_follows_its_event(outbox: Outbox, rx: RunningReceiver, faul
     await outbox.put(NewEvent("presence", {"people": 1}, Priority.MEDIA, media=(jpeg,)))
     await outbox.put(NewEvent("presence", {"people": 2}, Priority.MEDIA, media=(jpeg,)))
     await run_until(uplink_for(outbox, rx), drained(outbox))
-    stored = rx.receiver.media_dir / sha[:2] / f"{sha}.jpg"
+    stored = rx.receiver.media.path(sha)
     assert stored.read_bytes() == jpeg
     assert faults.media_requests == 1, "a JPEG the receiver has is not sent again"
     assert await outbox.media(sha) is None, "released once delivered"

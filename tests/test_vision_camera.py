@@ -13,8 +13,10 @@ from pathlib import Path
 import cv2
 import pytest
 
-from hal.camera import Camera, CameraConfig, CameraError, OpenCVCamera, open_camera, probe_video
-from hal.camera_sim import SimulatedCamera
+from hal.camera.base import Camera, CameraConfig, CameraError
+from hal.camera.factory import open_camera
+from hal.camera.opencv import OpenCVCamera, probe_video
+from hal.camera.simulated import SimulatedCamera
 from models.simulated import SimulatedObjectDetector
 from tests.helpers.vision import CLIP
 

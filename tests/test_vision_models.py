@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.plate_reader import PlateReader
-from gateway.vision_config import PlateReadingConfig
+from gateway.vision.plates import PlateReader
+from gateway.vision.config import PlateReadingConfig
 from models.detection import PEOPLE, VEHICLES, iou
 from models.ocr import PaddleRecogniser, TesseractRecogniser
 from models.redact import RedactionConfig

@@ -12,14 +12,14 @@ import cv2
 import numpy as np
 import pytest
 
-from gateway.camera_health import CameraHealth
-from gateway.counting import LineCounter
-from gateway.motion import MotionGate, small_grey
-from gateway.pipeline import VisionPipeline
-from gateway.privacy import PlatePolicy
-from gateway.sightings import PlateSighting
-from gateway.tracker import Tracker
-from gateway.vision_config import (
+from gateway.vision.health import CameraHealth
+from gateway.vision.counting import LineCounter
+from gateway.vision.motion import MotionGate, small_grey
+from gateway.vision.pipeline import VisionPipeline
+from gateway.vision.privacy import PlatePolicy
+from gateway.sensing.sightings import PlateSighting
+from gateway.vision.tracker import Tracker
+from gateway.vision.config import (
     HealthConfig,
     InferenceConfig,
     LineConfig,
@@ -30,9 +30,12 @@ from gateway.vision_config import (
     VisionConfig,
     ZoneConfig,
 )
-from gateway.vision_setup import load_parts, make_executor
-from gateway.zones import ZonePresence
-from hal.camera import CameraConfig, Frame, OpenCVCamera, StillImages, open_camera
+from gateway.vision.setup import load_parts, make_executor
+from gateway.vision.zones import ZonePresence
+from hal.camera.base import CameraConfig, Frame
+from hal.camera.factory import open_camera
+from hal.camera.opencv import OpenCVCamera
+from hal.camera.stills import StillImages
 from models.detection import Detection
 from sync.events import Priority
 from tests.helpers.vision import BUS, CLIP, ListSink, real_parts

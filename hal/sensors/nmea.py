@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pynmeagps import NMEAMessageError, NMEAParseError, NMEAReader, NMEATypeError
 from pynmeagps.nmeahelpers import calc_checksum
 
-from hal.sensors.base import ErrorKind, Parsed, StreamState
+from hal.sensors.parser import ErrorKind, Parsed, StreamState
 
 # NMEA 0183 caps a sentence at 82 characters with "$" and CRLF; receivers with long
 # talker-specific fields exceed it a little, so allow some slack before calling it noise.

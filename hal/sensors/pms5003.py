@@ -26,7 +26,7 @@ import struct
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from hal.sensors.base import ErrorKind, Parsed, StreamState
+from hal.sensors.parser import ErrorKind, Parsed, StreamState
 
 START = b"\x42\x4d"
 FRAME_SIZE = 32

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import orjson
 
-from hal.sensors.base import ErrorKind, Parsed
+from hal.sensors.parser import ErrorKind, Parsed
 
 Unit = Literal["mps", "kmh", "mph", "fps", "cmps"]
 Direction = Literal["inbound", "outbound"]

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
 
-from hal.sensors.base import Parser
+from hal.sensors.parser import Parser
 from hal.sensors.config import SensorKind
 from hal.sensors.nmea import GpsReading, NmeaParser
 from hal.sensors.pms5003 import Pms5003Parser, PmsReading

@@ -77,7 +77,7 @@ class PoleProcess:
     def start(self, timeout: float = 30) -> None:
         self.starts += 1
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
+            [sys.executable, "-m", "smartpole.cli", "run", "--config", str(self.config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=self.env,

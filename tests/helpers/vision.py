@@ -10,10 +10,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from gateway.pipeline import VisionParts
-from gateway.vision_config import VisionConfig
-from gateway.scratch import use_memory_for_temp_files
-from gateway.vision_setup import load_parts
+from gateway.vision.pipeline import VisionParts
+from gateway.vision.config import VisionConfig
+from gateway.tmpfs import use_memory_for_temp_files
+from gateway.vision.setup import load_parts
 from sync.events import Accepted, NewEvent
 
 DATA = Path(__file__).resolve().parent.parent / "data"

@@ -1,0 +1,112 @@
+"""``POST /v1/events``: other programs on the pole submit events to the outbox.
+
+The answer comes only after the events are committed. Images are not accepted
+here: every pixel that leaves the pole must have gone through redaction, and
+this door would bypass it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, field_validator
+
+from httpkit.errors import json_error, json_response
+from sync.events import EventSink, Location, NewEvent, Priority
+from sync.outbox import EventTooLarge, OutboxDiskFull, OutboxFull
+from sync.protocol import EVENT_TYPE_PATTERN, PriorityName
+
+LocationSource = Callable[[], Location | None]
+
+
+class IngestEvent(BaseModel):
+    """One submitted event."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Annotated[str, StringConstraints(pattern=EVENT_TYPE_PATTERN)]
+    data: dict[str, Any] = Field(default_factory=dict)
+    priority: PriorityName = "event"
+    ts: float | None = None
+
+    @field_validator("ts")
+    @classmethod
+    def _sane_time(cls, value: float | None) -> float | None:
+        if value is not None and (not math.isfinite(value) or value < 0):
+            raise ValueError("must be a finite, non-negative epoch time in seconds")
+        return value
+
+
+_ONE = TypeAdapter(IngestEvent)
+_MANY = TypeAdapter(list[IngestEvent])
+
+
+def _field_errors(exc: ValidationError, listed: bool) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = list(err["loc"])
+        if listed and loc and isinstance(loc[0], int):
+            where = f"events[{loc[0]}]" + "".join(f".{p}" for p in loc[1:])
+        else:
+            where = ".".join(str(p) for p in loc)
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def make_ingest_handler(
+    sink: EventSink, location: LocationSource, max_events: int
+) -> Callable[[web.Request], Any]:
+    async def post_events(request: web.Request) -> web.Response:
+        if request.content_type != "application/json":
+            return json_error(415, f"content type must be application/json, not {request.content_type!r}")
+        raw = await request.read()
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return json_error(400, f"body is not valid JSON: {exc}")
+        listed = isinstance(doc, list)
+        if listed and len(doc) > max_events:
+            return json_error(413, f"{len(doc)} events in one request; at most {max_events}")
+        if listed and not doc:
+            return json_error(400, "empty list: nothing to store")
+        try:
+            items = _MANY.validate_python(doc) if listed else [_ONE.validate_python(doc)]
+        except ValidationError as exc:
+            return json_error(400, _field_errors(exc, listed))
+        here = location()
+        now = time.time()
+        events = [
+            NewEvent(
+                type=i.type,
+                data=i.data,
+                priority=Priority.parse(i.priority),
+                ts=i.ts if i.ts is not None else now,
+                location=here,
+            )
+            for i in items
+        ]
+        results = await asyncio.gather(*(sink.put(e) for e in events), return_exceptions=True)
+        failed = [(n, r) for n, r in enumerate(results) if isinstance(r, BaseException)]
+        if not failed:
+            return json_response(
+                {"ids": [r.id for r in results], "seqs": [r.seq for r in results]},  # type: ignore[union-attr]
+                201,
+            )
+        committed = [r.id for r in results if not isinstance(r, BaseException)]
+        errors = [{"index": n, "error": str(r)} for n, r in failed]
+        first = failed[0][1]
+        if isinstance(first, EventTooLarge):
+            return json_error(413, str(first), ids=committed, failed=errors)
+        if isinstance(first, (OutboxFull, OutboxDiskFull)):
+            return json_error(507, str(first), ids=committed, failed=errors)
+        if isinstance(first, ValueError):
+            return json_error(400, str(first), ids=committed, failed=errors)
+        return json_error(503, f"outbox unavailable: {first}", ids=committed, failed=errors)
+
+    return post_events

@@ -1,0 +1,1 @@
+"""Cameras behind one interface: OpenCV devices, streams and files, still images, a simulated street."""

@@ -1,0 +1,23 @@
+"""What every resource handler of the receiver shares: its settings, policy, store and metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from receiver.config import ReceiverSection
+from receiver.metrics import ReceiverMetrics
+from receiver.policy import PolicyConfig
+from receiver.store.base import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    config: ReceiverSection
+    policy: PolicyConfig
+    store: Store
+    metrics: ReceiverMetrics
+
+    @property
+    def media_dir(self) -> Path:
+        return Path(self.config.media_dir)

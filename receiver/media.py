@@ -1,0 +1,79 @@
+"""``PUT/GET /v1/media/{sha256}``: redacted JPEGs, content-addressed and idempotent."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from httpkit.errors import json_error, json_response
+from receiver.auth import authenticate
+from receiver.context import Context
+from sync.protocol import is_sha256
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class Media:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def path(self, sha: str) -> Path:
+        return self.ctx.media_dir / sha[:2] / f"{sha}.jpg"
+
+    async def put(self, request: web.Request) -> web.Response:
+        ctx = self.ctx
+        auth = await authenticate(request, ctx.store, "pole")
+        if isinstance(auth, web.Response):
+            return auth
+        sha = request.match_info["sha256"]
+        if not is_sha256(sha):
+            return json_error(400, "media path must be a lowercase hex sha256")
+        if request.content_type != "image/jpeg":
+            return json_error(415, f"media must be image/jpeg, not {request.content_type!r}")
+        try:
+            body = await request.clone(client_max_size=ctx.config.max_media_bytes).read()
+        except web.HTTPRequestEntityTooLarge:
+            return json_error(413, f"media larger than {ctx.config.max_media_bytes} bytes")
+        if not body.startswith(JPEG_MAGIC):
+            return json_error(415, "body is not a JPEG")
+        if hashlib.sha256(body).hexdigest() != sha:
+            ctx.metrics.media.labels("hash_mismatch").inc()
+            return json_error(400, "body does not match its sha256")
+        path = self.path(sha)
+        if not path.exists():
+            _write_atomically(path, body)
+        created = await ctx.store.add_media(sha, len(body), auth.pole_id or "", time.time())
+        ctx.metrics.media.labels("stored" if created else "duplicate").inc()
+        return json_response({"sha256": sha, "stored": created}, 201 if created else 200)
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        auth = await authenticate(request, self.ctx.store, "reader")
+        if isinstance(auth, web.Response):
+            return auth
+        sha = request.match_info["sha256"]
+        if not is_sha256(sha):
+            return json_error(400, "media path must be a lowercase hex sha256")
+        path = self.path(sha)
+        if not path.exists():
+            return json_error(404, "no such media")
+        return web.FileResponse(path, headers={"Content-Type": "image/jpeg"})
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write, fsync and rename, so a crash never leaves a partial JPEG under its hash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

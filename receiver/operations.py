@@ -1,0 +1,34 @@
+"""What operators and load balancers ask: ``/health`` and Prometheus ``/metrics``."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from httpkit.errors import json_response
+from receiver.context import Context
+from receiver.store.base import StoreError
+
+
+class Operations:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def health(self, request: web.Request) -> web.Response:
+        try:
+            await self.ctx.store.ping()
+        except StoreError as exc:
+            return json_response({"status": "unavailable", "database": str(exc)}, 503)
+        return json_response({"status": "ok", "database": self.ctx.store.backend})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        ctx = self.ctx
+        try:
+            ctx.metrics.poles_online.set(await ctx.store.count_online(time.time() - ctx.config.online_window_s))
+        except StoreError:
+            pass  # still serve the process metrics; the gauge keeps its last value
+        body = generate_latest(ctx.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

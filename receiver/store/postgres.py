@@ -1,0 +1,227 @@
+"""PostgreSQL backend (asyncpg pool): the city's store, shared by any number of receiver replicas.
+
+A batch is one ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING
+RETURNING``: PostgreSQL itself tells which events were new, so concurrent
+replicas receiving the same replay cannot both count it as accepted.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import asyncpg
+import orjson
+
+from receiver.store.base import (
+    EventPage,
+    EventQuery,
+    InsertResult,
+    PoleState,
+    StoreError,
+    TokenInfo,
+    event_row,
+    public_event,
+)
+from sync.protocol import WireEvent
+
+# Any constant: replicas starting together serialise their migrations on it.
+_MIGRATION_LOCK = 0x5350_0001
+
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE tokens (
+            token_hash TEXT PRIMARY KEY,
+            role TEXT NOT NULL CHECK (role IN ('pole', 'reader')),
+            pole_id TEXT,
+            name TEXT,
+            created_at DOUBLE PRECISION NOT NULL,
+            revoked_at DOUBLE PRECISION
+        )""",
+        "CREATE INDEX tokens_by_pole ON tokens (pole_id)",
+        """CREATE TABLE poles (
+            pole_id TEXT PRIMARY KEY,
+            created_at DOUBLE PRECISION NOT NULL,
+            last_seen DOUBLE PRECISION,
+            last_batch_id TEXT,
+            max_seq BIGINT NOT NULL DEFAULT 0,
+            events_total BIGINT NOT NULL DEFAULT 0,
+            status JSONB
+        )""",
+        """CREATE TABLE events (
+            n BIGSERIAL PRIMARY KEY,
+            pole_id TEXT NOT NULL,
+            event_id UUID NOT NULL,
+            seq BIGINT NOT NULL,
+            ts DOUBLE PRECISION NOT NULL,
+            type TEXT NOT NULL,
+            priority TEXT NOT NULL,
+            lat DOUBLE PRECISION,
+            lon DOUBLE PRECISION,
+            location_source TEXT,
+            data JSONB NOT NULL,
+            media JSONB NOT NULL,
+            received_at DOUBLE PRECISION NOT NULL,
+            batch_id TEXT NOT NULL,
+            UNIQUE (pole_id, event_id)
+        )""",
+        "CREATE INDEX events_by_pole_ts ON events (pole_id, ts)",
+        """CREATE TABLE media (
+            sha256 TEXT PRIMARY KEY,
+            size INTEGER NOT NULL,
+            pole_id TEXT NOT NULL,
+            stored_at DOUBLE PRECISION NOT NULL
+        )""",
+    ],
+}
+
+_INSERT = """
+INSERT INTO events (pole_id, event_id, seq, ts, type, priority, lat, lon, location_source,
+                    data, media, received_at, batch_id)
+SELECT $1, e.event_id::uuid, e.seq, e.ts, e.type, e.priority, e.lat, e.lon, e.src,
+       e.data::jsonb, e.media::jsonb, $2, $3
+FROM unnest($4::text[], $5::bigint[], $6::float8[], $7::text[], $8::text[], $9::float8[],
+            $10::float8[], $11::text[], $12::text[], $13::text[])
+     AS e(event_id, seq, ts, type, priority, lat, lon, src, data, media)
+ON CONFLICT (pole_id, event_id) DO NOTHING
+RETURNING event_id::text
+"""
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(kind, schema="pg_catalog", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads)
+
+
+class PostgresStore:
+    backend = "postgresql"
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, url: str, pool_size: int = 8) -> PostgresStore:
+        try:
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=pool_size, init=_init_connection)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
+        store = cls(pool)
+        await store._migrate()
+        return store
+
+    async def _migrate(self) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+            for version in sorted(v for v in MIGRATIONS if v > current):
+                for statement in MIGRATIONS[version]:
+                    await conn.execute(statement)
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def ping(self) -> None:
+        try:
+            await self._pool.fetchval("SELECT 1")
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StoreError(str(exc)) from exc
+
+    async def lookup_token(self, token_hash: str) -> TokenInfo | None:
+        row = await self._pool.fetchrow(
+            "SELECT role, pole_id, name, revoked_at FROM tokens WHERE token_hash = $1", token_hash
+        )
+        return None if row is None else TokenInfo(row[0], row[1], row[2], row[3] is not None)
+
+    async def add_token(self, token_hash: str, role: str, pole_id: str | None, name: str | None) -> None:
+        now = time.time()
+        async with self._pool.acquire() as conn, conn.transaction():
+            if pole_id is not None:
+                await conn.execute(
+                    "INSERT INTO poles (pole_id, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING", pole_id, now
+                )
+            await conn.execute(
+                "INSERT INTO tokens (token_hash, role, pole_id, name, created_at) VALUES ($1, $2, $3, $4, $5)",
+                token_hash,
+                role,
+                pole_id,
+                name,
+                now,
+            )
+
+    async def revoke_pole(self, pole_id: str) -> int:
+        result = await self._pool.execute(
+            "UPDATE tokens SET revoked_at = $1 WHERE pole_id = $2 AND revoked_at IS NULL", time.time(), pole_id
+        )
+        return int(result.split()[-1])
+
+    async def insert_batch(
+        self, pole_id: str, batch_id: str, events: list[WireEvent], status: dict[str, Any] | None, now: float
+    ) -> InsertResult:
+        columns: list[list[Any]] = [[] for _ in range(10)]
+        for e in events:
+            for column, value in zip(columns, (*event_row(e), orjson.dumps(e.data).decode(), orjson.dumps(e.media).decode())):
+                column.append(value)
+        shas = sorted({sha for e in events for sha in e.media})
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                inserted = {r[0] for r in await conn.fetch(_INSERT, pole_id, now, batch_id, *columns)} if events else set()
+                await conn.execute(
+                    "UPDATE poles SET last_seen = $2, last_batch_id = $3, max_seq = greatest(max_seq, $4),"
+                    " events_total = events_total + $5, status = coalesce($6::jsonb, status) WHERE pole_id = $1",
+                    pole_id,
+                    now,
+                    batch_id,
+                    max((e.seq for e in events), default=0),
+                    len(inserted),
+                    status,
+                )
+                have = (
+                    {r[0] for r in await conn.fetch("SELECT sha256 FROM media WHERE sha256 = any($1::text[])", shas)}
+                    if shas
+                    else set()
+                )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(str(exc)) from exc
+        return InsertResult(
+            accepted=[e.id for e in events if e.id in inserted],
+            duplicates=[e.id for e in events if e.id not in inserted],
+            missing_media=[s for s in shas if s not in have],
+        )
+
+    async def add_media(self, sha256: str, size: int, pole_id: str, now: float) -> bool:
+        result = await self._pool.execute(
+            "INSERT INTO media (sha256, size, pole_id, stored_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            sha256,
+            size,
+            pole_id,
+            now,
+        )
+        return result.endswith(" 1")
+
+    async def has_media(self, sha256: str) -> bool:
+        return await self._pool.fetchval("SELECT 1 FROM media WHERE sha256 = $1", sha256) is not None
+
+    async def query_events(self, query: EventQuery) -> EventPage:
+        conditions = query.conditions()
+        where = [sql.format(f"${i}") for i, (sql, _) in enumerate(conditions, 1)]
+        params: list[Any] = [value for _, value in conditions]
+        params.append(query.limit + 1)
+        rows = await self._pool.fetch(
+            "SELECT n, pole_id, event_id::text, seq, ts, type, priority, lat, lon, location_source, data, media,"
+            f" received_at FROM events WHERE {' AND '.join(where)} ORDER BY n LIMIT ${len(params)}",
+            *params,
+        )
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        return EventPage([public_event(*r[1:]) for r in rows], rows[-1][0] if more else None)
+
+    async def poles(self) -> list[PoleState]:
+        rows = await self._pool.fetch(
+            "SELECT pole_id, last_seen, max_seq, events_total, status FROM poles ORDER BY pole_id"
+        )
+        return [PoleState(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    async def count_online(self, since: float) -> int:
+        return int(await self._pool.fetchval("SELECT count(*) FROM poles WHERE last_seen >= $1", since))

@@ -1,0 +1,241 @@
+"""The ``smartpole`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.configfile import ConfigError, load_config, read_toml, validate
+
+EXIT_CONFIG = 2
+
+
+def _config_kind(doc: dict[str, Any]) -> str:
+    return "receiver" if "receiver" in doc and "pole" not in doc else "pole"
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.config import PoleConfig
+    from receiver.config import ReceiverConfig
+
+    path = Path(args.file)
+    try:
+        doc, _ = read_toml(path)
+        kind = args.kind if args.kind != "auto" else _config_kind(doc)
+        validate(ReceiverConfig if kind == "receiver" else PoleConfig, doc, path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    print("ok")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.config import PoleConfig
+    from gateway.daemon import default_config_path, run_daemon
+
+    path = Path(args.config) if args.config else default_config_path()
+    try:
+        config = load_config(path, PoleConfig)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    return run_daemon(config, path)
+
+
+def cmd_receiver(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import uvloop
+
+    from gateway.logs import configure_logging
+    from receiver import service
+    from receiver.config import ReceiverConfig
+
+    config_file = getattr(args, "config", None)  # absent unless given, before or after the action
+    if not config_file:
+        print("smartpole receiver: --config FILE is required", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        config = load_config(Path(config_file), ReceiverConfig)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    action = getattr(args, "action", None)
+    if action == "add-pole":
+        print(uvloop.run(service.add_pole(config, args.pole_id)))
+        print(f"pole {args.pole_id}: token above, shown once; set it as SMARTPOLE_UPLINK_TOKEN on the pole", file=sys.stderr)
+        return 0
+    if action == "add-reader":
+        print(uvloop.run(service.add_reader(config, args.name)))
+        print(f"reader {args.name}: token above, shown once", file=sys.stderr)
+        return 0
+    if action == "revoke-pole":
+        revoked = uvloop.run(service.revoke_pole(config, args.pole_id))
+        print(f"pole {args.pole_id}: {revoked} token(s) revoked")
+        return 0 if revoked else 1
+
+    configure_logging(config.logging.level, config.logging.format, service="receiver")
+
+    async def main() -> None:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await service.serve(config, stop)
+
+    uvloop.run(main())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from smartpole.demo import run_demo
+
+    return run_demo(Path(args.workdir), duration=args.duration)
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from gateway.web.login import hash_password
+
+    password = getpass.getpass("Technician password: ") if args.password is None else args.password
+    if len(password) < 8:
+        print("smartpole hash-password: use at least 8 characters", file=sys.stderr)
+        return EXIT_CONFIG
+    print(hash_password(password))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from gateway.replay import replay_main
+
+    return replay_main(Path(args.input), Path(args.out), Path(args.config) if args.config else None)
+
+
+def cmd_sensors_decode(args: argparse.Namespace) -> int:
+    from gateway.sensing.tools import decode_main
+
+    return decode_main(args.kind, args.file)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smartpole",
+        description="SmartPole: the street-pole gateway daemon, its cloud receiver and tools for technicians.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run",
+        help="run the pole daemon",
+        description="Run the pole daemon: cameras and vision, serial sensors, the outbox, sync, and the local "
+        "server (ingest API, status page, metrics). SIGTERM or Ctrl-C stops it cleanly; SIGHUP reloads the config.",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="pole configuration (TOML); default: pole.toml in $CONFIGURATION_DIRECTORY, else /etc/smartpole",
+    )
+    p.set_defaults(func=cmd_run)
+
+    # --config may come before or after the action; the action's copy only overrides when given.
+    receiver_config = argparse.ArgumentParser(add_help=False)
+    receiver_config.add_argument(
+        "--config", default=argparse.SUPPRESS, metavar="FILE", help="receiver configuration (TOML); required"
+    )
+    p = sub.add_parser(
+        "receiver",
+        parents=[receiver_config],
+        help="run the cloud receiver, or manage its poles and readers",
+        description="Without an action: serve the receiver (stops cleanly on SIGTERM). "
+        "With an action: manage tokens. Tokens are printed once and stored only as sha256 hashes.",
+    )
+    p.set_defaults(func=cmd_receiver)
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    a = actions.add_parser("add-pole", parents=[receiver_config], help="register a pole and print a new token for it")
+    a.add_argument("pole_id", metavar="POLE_ID")
+    a = actions.add_parser(
+        "revoke-pole", parents=[receiver_config], help="revoke every token of a pole (exit 1 if it had none)"
+    )
+    a.add_argument("pole_id", metavar="POLE_ID")
+    a = actions.add_parser(
+        "add-reader", parents=[receiver_config], help="print a new read-only token for dashboards and analytics"
+    )
+    a.add_argument("name", metavar="NAME")
+
+    p = sub.add_parser(
+        "demo",
+        help="run the product on this machine with embedded defaults",
+        description="Run the embedded demo on localhost with its files under --workdir. "
+        "Stops on Ctrl-C or after --duration seconds.",
+    )
+    p.add_argument("--workdir", default="var/demo", metavar="DIR", help="where the demo keeps its files (default: %(default)s)")
+    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds (default: run until Ctrl-C)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "replay",
+        help="run the vision pipeline over a video or a folder of images",
+        description="Run the pole's vision pipeline over INPUT (a video file, or a folder of images processed "
+        "one by one in name order) and write DIR/events.jsonl (each event as the pole would commit it, plus "
+        "'source' and 'snapshot') and the redacted JPEGs under DIR/snapshots/. Exit status 0 when done, 1 when "
+        "some images could not be decoded, 2 for a missing or corrupt input, a bad config or a missing model.",
+    )
+    p.add_argument("input", metavar="INPUT", help="video file or folder of images")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--config", metavar="FILE", help="pole configuration whose [vision] and [privacy] to use")
+    p.set_defaults(func=cmd_replay)
+
+    from gateway.sensing.tools import KINDS
+
+    p = sub.add_parser("sensors", help="tools for serial sensors", description="Tools for technicians working on serial sensors.")
+    sensor_actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = sensor_actions.add_parser(
+        "decode",
+        help="decode a raw capture of a sensor's serial bytes",
+        description="Run a raw capture of serial bytes through the daemon's own parser. Prints one JSON object "
+        "per frame, sentence or line, then {\"readings\": N, \"errors\": {...}}. Exit status 0 when something "
+        "decoded, 1 when nothing did, 2 for an unknown KIND or unreadable FILE.",
+    )
+    a.add_argument("kind", metavar="KIND", choices=KINDS, help=f"one of: {', '.join(KINDS)}")
+    a.add_argument("file", metavar="FILE", help="the capture; - for standard input")
+    a.set_defaults(func=cmd_sensors_decode)
+
+    p = sub.add_parser(
+        "hash-password",
+        help="print the hash of a status-page password, for http.password_hash",
+        description="Print an scrypt hash of the technicians' status-page password, to put in the pole "
+        "config as http.password_hash (or SMARTPOLE_HTTP_PASSWORD_HASH). Asks for the password unless given.",
+    )
+    p.add_argument("--password", default=None, help="the password (default: ask without echo)")
+    p.set_defaults(func=cmd_hash_password)
+
+    p = sub.add_parser(
+        "check-config",
+        help="validate a configuration file",
+        description="Validate a pole or receiver configuration file. Prints 'ok', or every problem as "
+        "'FILE: dotted.key: why' and exits with status 2.",
+    )
+    p.add_argument("file", metavar="FILE", help="the TOML file")
+    p.add_argument(
+        "--kind",
+        choices=["auto", "pole", "receiver"],
+        default="auto",
+        help="which kind of file (default: a file with a [receiver] table and no [pole] table is a receiver's)",
+    )
+    p.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
