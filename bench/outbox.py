@@ -102,7 +102,10 @@ def main() -> None:
         d = Path(tmp)
         # A shared 2-core machine varies by 20% from run to run: report the median round and the spread.
         rounds = sorted(
-            (uvloop.run(run_puts(d / f"puts{i}.db", args.mode, args.producers, args.events)) for i in range(args.rounds)),
+            (
+                uvloop.run(run_puts(d / f"puts{i}.db", args.mode, args.producers, args.events))
+                for i in range(args.rounds)
+            ),
             key=lambda r: r[0],
         )
         rate, lat = rounds[len(rounds) // 2]

@@ -37,11 +37,11 @@ import cv2
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gateway.replay import replay_vision  # noqa: E402
 from gateway.tmpfs import use_memory_for_temp_files  # noqa: E402
+from gateway.vision.config import InferenceConfig, LineConfig, VisionConfig  # noqa: E402
 from gateway.vision.pipeline import VisionPipeline  # noqa: E402
 from gateway.vision.privacy import PlatePolicy  # noqa: E402
-from gateway.replay import replay_vision  # noqa: E402
-from gateway.vision.config import InferenceConfig, LineConfig, VisionConfig  # noqa: E402
 from gateway.vision.setup import load_parts, make_executor  # noqa: E402
 from hal.camera.base import CameraConfig  # noqa: E402
 from hal.camera.opencv import OpenCVCamera  # noqa: E402

@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway.tmpfs import use_memory_for_temp_files  # noqa: E402
+from gateway.vision.config import PlateReadingConfig  # noqa: E402
 from gateway.vision.plates import PlateReader  # noqa: E402
 from gateway.vision.privacy import normalise_plate  # noqa: E402
-from gateway.vision.config import PlateReadingConfig  # noqa: E402
 from models.ocr import PaddleRecogniser, PlateRecogniser, TesseractRecogniser, grow_quad, rectify  # noqa: E402
 from models.plates import PaddleTextPlateFinder  # noqa: E402
 from models.redact import RedactionConfig  # noqa: E402
@@ -78,7 +78,9 @@ def render(rng: random.Random, text: str) -> np.ndarray:
     scene = cv2.GaussianBlur(scene, (0, 0), rng.uniform(0.3, 1.0))
     noise = np.random.default_rng(rng.randint(0, 2**31)).normal(0, rng.uniform(2, 8), scene.shape)
     scene = np.clip(scene + noise, 0, 255).astype(np.uint8)
-    scene = cv2.imdecode(cv2.imencode(".jpg", scene, [cv2.IMWRITE_JPEG_QUALITY, rng.randint(60, 90)])[1], cv2.IMREAD_COLOR)
+    scene = cv2.imdecode(
+        cv2.imencode(".jpg", scene, [cv2.IMWRITE_JPEG_QUALITY, rng.randint(60, 90)])[1], cv2.IMREAD_COLOR
+    )
     return scene
 
 
@@ -101,7 +103,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     samples = [(text, render(rng, text)) for text in (plate_text(rng) for _ in range(args.plates))]
     bus = cv2.imread(str(BUS))
-    right = {name: 0 for name in [*engines, "combined"]}
+    right = dict.fromkeys([*engines, "combined"], 0)
     found = 0
     times: dict[str, list[float]] = {name: [] for name in right}
     bus_reads: dict[str, str | None] = {}
@@ -109,7 +111,7 @@ def main() -> None:
         whole = (0.0, 0.0, float(scene.shape[1]), float(scene.shape[0]))
         vehicle = BUS_VEHICLE if scene is bus else whole
         candidates = finder.find(scene, vehicle, redaction.plate_threshold)
-        reads: dict[str, str | None] = {name: None for name in right}
+        reads: dict[str, str | None] = dict.fromkeys(right)
         if candidates:
             found += scene is not bus
             for name, engine in engines.items():

@@ -104,7 +104,8 @@ async def run(backend: str, events: int, batch: int, workdir: Path) -> dict[str,
     token = await service.add_pole(config, "bench-pole")
     conf_file = workdir / "receiver.toml"
     conf_file.write_text(
-        f'[receiver]\nport = {port}\nmedia_dir = "{workdir / "media"}"\n\n[logging]\nlevel = "warning"\nformat = "json"\n'
+        f'[receiver]\nport = {port}\nmedia_dir = "{workdir / "media"}"\n\n'
+        '[logging]\nlevel = "warning"\nformat = "json"\n'
     )
     env = dict(os.environ, SMARTPOLE_RECEIVER_DATABASE_URL=database_url, PYTHONPATH=str(ROOT))
     receiver = subprocess.Popen(

@@ -13,13 +13,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.sensing.air_quality import AirQualityConfig
-from gateway.web.server import HttpConfig
-from gateway.sensing.location import GpsConfig
 from gateway.logs import LogFormat, LogLevel
-from gateway.vision.privacy import PlatePolicy
+from gateway.sensing.air_quality import AirQualityConfig
+from gateway.sensing.location import GpsConfig
 from gateway.sensing.speed import TrafficConfig
 from gateway.vision.config import VisionConfig
+from gateway.vision.privacy import PlatePolicy
+from gateway.web.server import HttpConfig
 from hal.camera.base import CameraConfig
 from hal.sensors.config import SensorList
 from sync.events import Location
@@ -46,7 +46,9 @@ class LocationConfig(Strict):
 class PoleSection(Strict):
     """Identity of this pole."""
 
-    id: str = Field("pole-dev", pattern=POLE_ID_PATTERN, description="Pole id, unique in the city; letters, digits, . _ -.")
+    id: str = Field(
+        "pole-dev", pattern=POLE_ID_PATTERN, description="Pole id, unique in the city; letters, digits, . _ -."
+    )
     location: LocationConfig | None = Field(None, description="Fallback position when GPS has no fix.")
 
 

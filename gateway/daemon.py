@@ -36,14 +36,9 @@ from aiohttp import web
 
 from gateway.config import PoleConfig
 from gateway.configfile import ConfigError, config_version, load_config
-from gateway.web.server import LocalServer
-from gateway.web.ingest import make_ingest_handler
 from gateway.logs import configure_logging
-from gateway.web.metrics import PoleMetrics
-from gateway.vision.pipeline import VisionParts, VisionPipeline
 from gateway.recorder import RecordingSink
 from gateway.sensing.service import SensorService
-from gateway.web.status_page import StatusPage
 from gateway.status import (
     CameraStatus,
     ComponentStatus,
@@ -58,8 +53,13 @@ from gateway.status import (
 from gateway.supervisor import FatalError, Supervisor
 from gateway.systemd import Notifier, feed_watchdog, watchdog_interval
 from gateway.version import SOFTWARE_VERSION
+from gateway.vision.pipeline import VisionParts, VisionPipeline
 from gateway.vision.setup import build_pipeline, load_parts, make_executor
+from gateway.web.ingest import make_ingest_handler
 from gateway.web.login import WebAuth
+from gateway.web.metrics import PoleMetrics
+from gateway.web.server import LocalServer
+from gateway.web.status_page import StatusPage
 from sync.events import Location
 from sync.outbox import Outbox
 from sync.uplink import SimulatedUplink, Uplink
@@ -337,9 +337,10 @@ class Daemon:
         latest: tuple[float, bytes] | None = None
         for p in self.pipelines:
             snap = p.snapshots.stats()
-            if snap.latest_jpeg is not None and snap.latest_ts is not None:
-                if latest is None or snap.latest_ts > latest[0]:
-                    latest = (snap.latest_ts, snap.latest_jpeg)
+            if snap.latest_jpeg is None or snap.latest_ts is None:
+                continue
+            if latest is None or snap.latest_ts > latest[0]:
+                latest = (snap.latest_ts, snap.latest_jpeg)
         return latest
 
     def latest_snapshot(self) -> bytes | None:
@@ -402,6 +403,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
     def reload() -> None:
         if current:
             current[-1].request_reload()

@@ -50,7 +50,9 @@ class RecordingSink:
     def _remember(self, event: NewEvent, accepted: Accepted) -> None:
         picture = event.media[0] if event.media else None
         self.recent.appendleft(
-            RecentEvent(accepted.id, accepted.seq, event.type, event.priority.label, event.ts, dict(event.data), picture)
+            RecentEvent(
+                accepted.id, accepted.seq, event.type, event.priority.label, event.ts, dict(event.data), picture
+            )
         )
         if self.on_event is not None:
             self.on_event(event.type)
@@ -62,7 +64,7 @@ class RecordingSink:
 
     async def put_many(self, events: list[NewEvent]) -> list[Accepted]:
         receipts = await self.sink.put_many(events)
-        for event, accepted in zip(events, receipts):
+        for event, accepted in zip(events, receipts, strict=True):
             self._remember(event, accepted)
         return receipts
 

@@ -31,10 +31,10 @@ import orjson
 from gateway.config import PoleConfig
 from gateway.configfile import ConfigError, load_config
 from gateway.logs import configure_logging
-from gateway.vision.pipeline import VisionParts, VisionPipeline
 from gateway.tmpfs import use_memory_for_temp_files
-from gateway.vision.privacy import PlatePolicy
 from gateway.vision.config import VisionConfig
+from gateway.vision.pipeline import VisionParts, VisionPipeline
+from gateway.vision.privacy import PlatePolicy
 from gateway.vision.setup import load_parts, make_executor
 from hal.camera.base import Camera, CameraConfig, CameraError
 from hal.camera.opencv import OpenCVCamera, probe_video

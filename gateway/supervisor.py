@@ -38,7 +38,9 @@ def _restartable(exc: BaseException) -> bool:
 class Supervisor:
     """Runs named components in one TaskGroup and restarts those that crash."""
 
-    def __init__(self, backoff_initial_s: float = 1.0, backoff_max_s: float = 60.0, healthy_after_s: float = 60.0) -> None:
+    def __init__(
+        self, backoff_initial_s: float = 1.0, backoff_max_s: float = 60.0, healthy_after_s: float = 60.0
+    ) -> None:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.healthy_after_s = healthy_after_s
@@ -83,7 +85,9 @@ class Supervisor:
         delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
         if exc is not None:
             self._record(state, exc)
-        log.error("component_crashed", component=state.name, error=repr(exc), restart_in_s=round(delay, 2), exc_info=exc)
+        log.error(
+            "component_crashed", component=state.name, error=repr(exc), restart_in_s=round(delay, 2), exc_info=exc
+        )
 
     @staticmethod
     def _record(state: ComponentState, exc: BaseException) -> None:

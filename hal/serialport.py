@@ -24,8 +24,8 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
 
 from hal.log_throttle import LogThrottle
-from hal.sensors.parser import ErrorKind, Parsed, Parser
 from hal.sensors.config import AnySensorConfig, RadarConfig, SensorKind
+from hal.sensors.parser import ErrorKind, Parsed, Parser
 from hal.sensors.sensor import ReadingHandler, SensorReading, SensorState, SensorStats, new_parser
 
 log = structlog.get_logger(__name__)
@@ -119,8 +119,13 @@ class SerialSensor:
         delay = retry.next_action.sleep if retry.next_action else 0.0
         held = self._throttle.allow("waiting")
         if held is not None:
-            self._log.warning("sensor unavailable", retry_in_s=round(delay, 2), attempts=retry.attempt_number,
-                              error=self._last_error, held_back=held)
+            self._log.warning(
+                "sensor unavailable",
+                retry_in_s=round(delay, 2),
+                attempts=retry.attempt_number,
+                error=self._last_error,
+                held_back=held,
+            )
 
     async def _session(self, on_reading: ReadingHandler) -> None:
         """Open the port and read until it fails; raise ``_Unhealthy`` if nothing at all arrived."""
@@ -217,8 +222,9 @@ class SerialSensor:
             return  # "sensor unavailable" says it, with the wait before the next attempt
         held = self._throttle.allow(kind.value)
         if held is not None:
-            self._log.warning("sensor error", error=kind.value, detail=detail, total=self._errors[kind.value],
-                              held_back=held)
+            self._log.warning(
+                "sensor error", error=kind.value, detail=detail, total=self._errors[kind.value], held_back=held
+            )
 
     async def _close(self, writer: asyncio.StreamWriter) -> None:
         transport = writer.transport

@@ -71,7 +71,9 @@ class Faults:
         for item in filter(None, (part.strip() for part in text.split(","))):
             name, sep, value = item.partition("=")
             if not sep or name.strip() not in names:
-                raise ValueError(f"unknown fault {item!r}; expected NAME=VALUE with NAME one of {', '.join(sorted(names))}")
+                raise ValueError(
+                    f"unknown fault {item!r}; expected NAME=VALUE with NAME one of {', '.join(sorted(names))}"
+                )
             values[name.strip()] = float(value)
         return cls(**values)
 
@@ -106,14 +108,44 @@ def nmea_stream(
             # pynmeagps writes the hemispheres from the signs.
             lat = location[0] + rng.gauss(0, 0.00001)
             lon = location[1] + rng.gauss(0, 0.00001)
-            gga = NMEAMessage(talker, "GGA", GET, time=now.time(), lat=lat, lon=lon, quality=1,
-                              numSV=rng.randint(7, 12), HDOP=0.9, alt=3.0, altUnit="M", sep=46.9, sepUnit="M")
-            rmc = NMEAMessage(talker, "RMC", GET, time=now.time(), date=now.date(), status="A", lat=lat, lon=lon,
-                              spd=0.0, cog=0.0, posMode="A")
+            gga = NMEAMessage(
+                talker,
+                "GGA",
+                GET,
+                time=now.time(),
+                lat=lat,
+                lon=lon,
+                quality=1,
+                numSV=rng.randint(7, 12),
+                HDOP=0.9,
+                alt=3.0,
+                altUnit="M",
+                sep=46.9,
+                sepUnit="M",
+            )
+            rmc = NMEAMessage(
+                talker,
+                "RMC",
+                GET,
+                time=now.time(),
+                date=now.date(),
+                status="A",
+                lat=lat,
+                lon=lon,
+                spd=0.0,
+                cog=0.0,
+                posMode="A",
+            )
         else:
-            gga = NMEAMessage(talker, "GGA", GET, payload=["", "", "", "", "", "0", "00", "99.99", "", "", "", "", "", ""])
-            rmc = NMEAMessage(talker, "RMC", GET, payload=[now.strftime("%H%M%S.00"), "V", "", "", "", "", "", "",
-                                                           now.strftime("%d%m%y"), "", "", "N"])
+            gga = NMEAMessage(
+                talker, "GGA", GET, payload=["", "", "", "", "", "0", "00", "99.99", "", "", "", "", "", ""]
+            )
+            rmc = NMEAMessage(
+                talker,
+                "RMC",
+                GET,
+                payload=[now.strftime("%H%M%S.00"), "V", "", "", "", "", "", "", now.strftime("%d%m%y"), "", "", "N"],
+            )
         yield interval_s, gga.serialize()
         yield 0.01, rmc.serialize()
 
@@ -313,7 +345,9 @@ class SimulatedSerialDevice:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hal.simulator", description="Run a simulated serial sensor on a pty.")
+    parser = argparse.ArgumentParser(
+        prog="python -m hal.simulator", description="Run a simulated serial sensor on a pty."
+    )
     parser.add_argument("kind", choices=["pms5003", "nmea", "radar"])
     parser.add_argument("--faults", default="", help="e.g. checksum=0.1,truncate=0.05,noise=0.05,vanish=0.01")
     parser.add_argument("--link", default=None, help="path of the symlink to the pty (default: in a temp dir)")
@@ -321,7 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock-offset", type=float, default=0.0, help="seconds the GPS clock is off (nmea)")
     args = parser.parse_args(argv)
     device = SimulatedSerialDevice(
-        args.kind, faults=Faults.parse(args.faults), seed=args.seed, link_path=args.link,
+        args.kind,
+        faults=Faults.parse(args.faults),
+        seed=args.seed,
+        link_path=args.link,
         clock_offset_s=args.clock_offset,
     )
     stop = threading.Event()

@@ -9,10 +9,9 @@ a confidence in 0..1; deciding whether it is a plate is the caller's job.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import cv2

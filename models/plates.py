@@ -9,9 +9,8 @@ keeping too many.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import cv2
@@ -75,7 +74,9 @@ class PaddleTextPlateFinder:
 
     name = "ppocr_det"
 
-    def __init__(self, model: Path, threads: int, side: int = 416, on_inference: InferenceCallback | None = None) -> None:
+    def __init__(
+        self, model: Path, threads: int, side: int = 416, on_inference: InferenceCallback | None = None
+    ) -> None:
         self.model = OnnxModel(self.name, model, threads, on_inference, fixed_shapes=False)
         self.side = side
 

@@ -51,18 +51,27 @@ class RedactionConfig(BaseModel):
     face_second_pass_threshold: float = Field(
         0.25, gt=0, lt=1, description="Face detector score for the second pass (what the first left uncovered)."
     )
-    plate_threshold: float = Field(0.5, gt=0, lt=1, description="Text detector score for a plate candidate, first pass.")
-    plate_second_pass_threshold: float = Field(
-        0.3, gt=0, lt=1, description="Text detector score for a plate candidate, second pass (what the first left uncovered)."
+    plate_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Text detector score for a plate candidate, first pass."
     )
-    margin: float = Field(0.25, ge=0.1, le=1.0, description="Margin added on every side of a box, as a fraction of its size.")
+    plate_second_pass_threshold: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="Text detector score for a plate candidate, second pass (what the first left uncovered).",
+    )
+    margin: float = Field(
+        0.25, ge=0.1, le=1.0, description="Margin added on every side of a box, as a fraction of its size."
+    )
     face_method: Method = Field("pixelate", description="How faces are covered: 'pixelate', 'blur' or 'fill'.")
     plate_method: Method = Field(
         "fill",
         description="How plates are covered; 'fill' by default, since even 8 blocks across a plate "
         "would keep one average per character.",
     )
-    pixelate_blocks: int = Field(6, ge=2, le=8, description="Blocks across each side of a pixelated region (at most 8).")
+    pixelate_blocks: int = Field(
+        6, ge=2, le=8, description="Blocks across each side of a pixelated region (at most 8)."
+    )
     head_crop_px: int = Field(
         96,
         ge=64,

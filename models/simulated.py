@@ -18,11 +18,7 @@ from models.runtime import InferenceTimer, ModelStats
 
 def _blobs(mask: np.ndarray, min_area: int) -> list[tuple[int, int, int, int]]:
     count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    return [
-        (int(x), int(y), int(x + w), int(y + h))
-        for x, y, w, h, a in stats[1:count]
-        if a >= min_area
-    ]
+    return [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h, a in stats[1:count] if a >= min_area]
 
 
 class SimulatedObjectDetector:

@@ -62,7 +62,9 @@ class Batches:
         ctx.metrics.events.labels("duplicate").inc(len(result.duplicates))
         ctx.metrics.events.labels("rejected").inc(len(refused))
         if refused:
-            log.warning("events_refused_by_policy", pole_id=envelope.pole_id, events=len(refused), first=refused[0].reason)
+            log.warning(
+                "events_refused_by_policy", pole_id=envelope.pole_id, events=len(refused), first=refused[0].reason
+            )
         return json_response(
             BatchReply(
                 accepted=result.accepted,
@@ -85,7 +87,9 @@ class Batches:
         try:
             return await request.clone(client_max_size=config.max_decompressed_bytes).read()
         except web.HTTPRequestEntityTooLarge:
-            raise ProtocolError(413, f"batch larger than {config.max_decompressed_bytes} bytes once decompressed") from None
+            raise ProtocolError(
+                413, f"batch larger than {config.max_decompressed_bytes} bytes once decompressed"
+            ) from None
         except (ContentEncodingError, RequestPayloadError, zlib.error) as exc:
             encoding = request.headers.get("Content-Encoding", "identity")
             raise ProtocolError(400, f"body cannot be decoded ({encoding}): {exc}") from None

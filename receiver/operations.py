@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from aiohttp import web
@@ -26,9 +27,8 @@ class Operations:
 
     async def metrics(self, request: web.Request) -> web.Response:
         ctx = self.ctx
-        try:
+        # With the database down, still serve the process metrics; the gauge keeps its last value.
+        with contextlib.suppress(StoreError):
             ctx.metrics.poles_online.set(await ctx.store.count_online(time.time() - ctx.config.online_window_s))
-        except StoreError:
-            pass  # still serve the process metrics; the gauge keeps its last value
         body = generate_latest(ctx.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -21,10 +21,13 @@ class PolicyConfig(BaseModel):
     )
     forbid_plate_text: bool = Field(
         True,
-        description="Refuse events that carry a plate in plain text (data.plate_text), whatever a pole's own policy says.",
+        description="Refuse events that carry a plate in plain text (data.plate_text), "
+        "whatever a pole's own policy says.",
     )
     max_future_s: float = Field(
-        86_400.0, gt=0, description="Refuse events stamped further than this many seconds in the future (a broken clock)."
+        86_400.0,
+        gt=0,
+        description="Refuse events stamped further than this many seconds in the future (a broken clock).",
     )
 
 

@@ -66,7 +66,10 @@ def cmd_receiver(args: argparse.Namespace) -> int:
     action = getattr(args, "action", None)
     if action == "add-pole":
         print(uvloop.run(service.add_pole(config, args.pole_id)))
-        print(f"pole {args.pole_id}: token above, shown once; set it as SMARTPOLE_UPLINK_TOKEN on the pole", file=sys.stderr)
+        print(
+            f"pole {args.pole_id}: token above, shown once; set it as SMARTPOLE_UPLINK_TOKEN on the pole",
+            file=sys.stderr,
+        )
         return 0
     if action == "add-reader":
         print(uvloop.run(service.add_reader(config, args.name)))
@@ -174,8 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the embedded demo on localhost with its files under --workdir. "
         "Stops on Ctrl-C or after --duration seconds.",
     )
-    p.add_argument("--workdir", default="var/demo", metavar="DIR", help="where the demo keeps its files (default: %(default)s)")
-    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds (default: run until Ctrl-C)")
+    p.add_argument(
+        "--workdir", default="var/demo", metavar="DIR", help="where the demo keeps its files (default: %(default)s)"
+    )
+    p.add_argument(
+        "--duration", type=float, default=None, metavar="S", help="stop after S seconds (default: run until Ctrl-C)"
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
@@ -193,13 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gateway.sensing.tools import KINDS
 
-    p = sub.add_parser("sensors", help="tools for serial sensors", description="Tools for technicians working on serial sensors.")
+    p = sub.add_parser(
+        "sensors", help="tools for serial sensors", description="Tools for technicians working on serial sensors."
+    )
     sensor_actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     a = sensor_actions.add_parser(
         "decode",
         help="decode a raw capture of a sensor's serial bytes",
         description="Run a raw capture of serial bytes through the daemon's own parser. Prints one JSON object "
-        "per frame, sentence or line, then {\"readings\": N, \"errors\": {...}}. Exit status 0 when something "
+        'per frame, sentence or line, then {"readings": N, "errors": {...}}. Exit status 0 when something '
         "decoded, 1 when nothing did, 2 for an unknown KIND or unreadable FILE.",
     )
     a.add_argument("kind", metavar="KIND", choices=KINDS, help=f"one of: {', '.join(KINDS)}")

@@ -21,11 +21,11 @@ from pydantic import SecretStr
 
 from gateway.config import LocationConfig, PathsConfig, PoleConfig, PoleSection
 from gateway.daemon import Daemon
-from gateway.web.server import HttpConfig
 from gateway.logs import configure_logging
 from gateway.tmpfs import use_memory_for_temp_files
 from gateway.vision.config import LineConfig, VisionConfig
 from gateway.web.login import hash_password
+from gateway.web.server import HttpConfig
 from hal.camera.base import CameraConfig
 from hal.sensors.config import SensorKind
 from hal.simulator import Faults, SimulatedSerialDevice

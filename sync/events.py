@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 class Priority(enum.IntEnum):
@@ -37,8 +38,7 @@ class Priority(enum.IntEnum):
                 return cls[value.upper()]
             except KeyError:
                 raise ValueError(
-                    f"unknown priority {value!r}; expected one of "
-                    + ", ".join(p.label for p in cls)
+                    f"unknown priority {value!r}; expected one of " + ", ".join(p.label for p in cls)
                 ) from None
         return cls(value)
 

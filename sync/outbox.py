@@ -88,13 +88,9 @@ CREATE TABLE IF NOT EXISTS counters (reason TEXT PRIMARY KEY, n INTEGER NOT NULL
 _EVENT_COLUMNS = "(seq, id, priority, type, created, size, body, media)"
 _INSERT_EVENT = f"INSERT INTO events {_EVENT_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _UPSERT_MEDIA = (
-    "INSERT INTO media (sha256, data, refs) VALUES (?, ?, 1)"
-    " ON CONFLICT (sha256) DO UPDATE SET refs = refs + 1"
+    "INSERT INTO media (sha256, data, refs) VALUES (?, ?, 1) ON CONFLICT (sha256) DO UPDATE SET refs = refs + 1"
 )
-_COUNT = (
-    "INSERT INTO counters (reason, n) VALUES (?, ?)"
-    " ON CONFLICT (reason) DO UPDATE SET n = n + excluded.n"
-)
+_COUNT = "INSERT INTO counters (reason, n) VALUES (?, ?) ON CONFLICT (reason) DO UPDATE SET n = n + excluded.n"
 # The newest event to delete so that at least ? bytes of one priority are freed, oldest first.
 _EVICTION_CUTOFF = (
     "SELECT seq FROM (SELECT seq, sum(size) OVER (ORDER BY seq) AS running"
@@ -277,9 +273,7 @@ def _encode(event: NewEvent) -> _Pending:
     except TypeError as exc:
         raise ValueError(f"event data is not JSON-serialisable: {exc}") from None
     rest = encoded[1:].decode()  # without its opening brace: the writer puts id and seq first
-    return _Pending(
-        str(uuid_utils.uuid7()), priority, kind, rest, len(rest) + _ROW_OVERHEAD + media_bytes, media, refs
-    )
+    return _Pending(str(uuid_utils.uuid7()), priority, kind, rest, len(rest) + _ROW_OVERHEAD + media_bytes, media, refs)
 
 
 def _primary_code(exc: BaseException) -> int | None:
@@ -331,8 +325,8 @@ class Outbox:
         self._writer: asyncio.Task[None] | None = None
         self._expirer: asyncio.Task[None] | None = None
         self._next_seq = 1
-        self._count = {p: 0 for p in Priority}
-        self._bytes = {p: 0 for p in Priority}
+        self._count = dict.fromkeys(Priority, 0)
+        self._bytes = dict.fromkeys(Priority, 0)
         self.recovered_from: Path | None = None
         self.commits = 0
         self.last_progress = time.monotonic()

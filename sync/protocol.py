@@ -152,7 +152,13 @@ def encode_batch(
 ) -> bytes:
     """The batch JSON, built around the stored event bodies without parsing them."""
     head = orjson.dumps(
-        {"schema_version": SCHEMA_VERSION, "pole_id": pole_id, "batch_id": batch_id, "sent_at": sent_at, "status": status}
+        {
+            "schema_version": SCHEMA_VERSION,
+            "pole_id": pole_id,
+            "batch_id": batch_id,
+            "sent_at": sent_at,
+            "status": status,
+        }
     )
     return head[:-1] + b',"events":[' + ",".join(bodies).encode() + b"]}"
 

@@ -31,10 +31,10 @@ import uuid_utils
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
+from sync.bandwidth import TokenBucket
 from sync.events import Priority
 from sync.outbox import Outbox, OutboxRecord
 from sync.protocol import BATCHES_PATH, BatchReply, ErrorReply, compress, encode_batch
-from sync.bandwidth import TokenBucket
 from sync.uplink import UplinkConfig, UplinkState, wait_for_work
 
 log = structlog.get_logger("uplink")

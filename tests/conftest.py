@@ -7,7 +7,6 @@ failure instead of a skip.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import sys
@@ -60,7 +59,7 @@ async def pg_schema() -> AsyncIterator[str]:
     """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
     try:
         admin = await asyncpg.connect(PG_URL, timeout=5)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         service_missing(f"PostgreSQL at {PG_URL}", exc)
     schema = f"t_{uuid.uuid4().hex[:12]}"
     await admin.execute(f"CREATE SCHEMA {schema}")

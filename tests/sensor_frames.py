@@ -75,7 +75,10 @@ def nmea_time(epoch: float) -> tuple[str, str]:
     """(hhmmss.ss, ddmmyy) of an epoch time in UTC, as RMC writes them."""
     t = time.gmtime(epoch)
     hundredths = int((epoch % 1) * 100)
-    return f"{t.tm_hour:02d}{t.tm_min:02d}{t.tm_sec:02d}.{hundredths:02d}", f"{t.tm_mday:02d}{t.tm_mon:02d}{t.tm_year % 100:02d}"
+    return (
+        f"{t.tm_hour:02d}{t.tm_min:02d}{t.tm_sec:02d}.{hundredths:02d}",
+        f"{t.tm_mday:02d}{t.tm_mon:02d}{t.tm_year % 100:02d}",
+    )
 
 
 def radar_line(speed: float | str, unit: str | None = None) -> bytes:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import typing
 import signal
 import subprocess
 import time
+import typing
 from pathlib import Path
 
 import pytest
@@ -43,7 +43,9 @@ def test_unknown_key(tmp_path: Path, smartpole_cmd: list[str], child_env: dict[s
     assert result.stdout == ""
 
 
-def test_wrong_type_and_every_error_reported(tmp_path: Path, smartpole_cmd: list[str], child_env: dict[str, str]) -> None:
+def test_wrong_type_and_every_error_reported(
+    tmp_path: Path, smartpole_cmd: list[str], child_env: dict[str, str]
+) -> None:
     bad = tmp_path / "pole.toml"
     bad.write_text('[pole]\nid = "p1"\n\n[outbox]\nmax_bytes = "lots"\ndurability = "sometimes"\n')
     result = check(smartpole_cmd, child_env, str(bad))

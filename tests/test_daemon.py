@@ -19,7 +19,9 @@ from tests.helpers.pole import PoleProcess, free_port
 PASSWORD = "reload-test-password"
 
 
-def test_example_config_starts_on_any_machine(tmp_path: Path, smartpole_cmd: list[str], child_env: dict[str, str]) -> None:
+def test_example_config_starts_on_any_machine(
+    tmp_path: Path, smartpole_cmd: list[str], child_env: dict[str, str]
+) -> None:
     """No camera, no serial ports, no receiver, no token: all reported and retried, none fatal."""
     port = free_port()
     text = (ROOT / "config" / "pole.example.toml").read_text()
@@ -133,7 +135,10 @@ def _value(families: dict, name: str, **labels: str) -> float:
 
 async def test_reload_on_sighup_and_from_the_status_page(tmp_path: Path) -> None:
     pole = PoleProcess(
-        tmp_path, "http://127.0.0.1:9", "unused", uplink={"kind": "simulated"},
+        tmp_path,
+        "http://127.0.0.1:9",
+        "unused",
+        uplink={"kind": "simulated"},
         http={"password_hash": hash_password(PASSWORD)},
     )
     await asyncio.to_thread(pole.start)

@@ -17,7 +17,9 @@ from tests.helpers.pole import PoleProcess, free_port
 PRIORITIES = ["media", "telemetry", "event", "alert"]
 
 
-async def post_event(session: aiohttp.ClientSession, pole: PoleProcess, marker: int, priority: str = "event") -> str | None:
+async def post_event(
+    session: aiohttp.ClientSession, pole: PoleProcess, marker: int, priority: str = "event"
+) -> str | None:
     """The id the pole committed, or None if the pole could not answer (it may or may not have it)."""
     try:
         async with session.post(
@@ -27,7 +29,7 @@ async def post_event(session: aiohttp.ClientSession, pole: PoleProcess, marker: 
         ) as r:
             assert r.status == 201, await r.text()
             return (await r.json())["ids"][0]
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return None
 
 
@@ -143,7 +145,9 @@ class ChaosMiddleware:
 async def test_sigkill_dropped_replies_and_timeouts(database_url: str, tmp_path: Path) -> None:
     chaos = ChaosMiddleware(seed=7)
     port = free_port()
-    rx: RunningReceiver = await start_receiver(database_url, tmp_path / "media", port=port, middlewares=[chaos.middleware])
+    rx: RunningReceiver = await start_receiver(
+        database_url, tmp_path / "media", port=port, middlewares=[chaos.middleware]
+    )
     token = await rx.add_pole("pole-1")
     pole = PoleProcess(tmp_path, f"http://127.0.0.1:{port}", token, uplink={"max_batch_events": 7})
     await asyncio.to_thread(pole.start)

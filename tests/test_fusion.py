@@ -8,9 +8,9 @@ import threading
 import pytest
 
 from gateway.sensing.fusion import TrafficFusion
-from gateway.vision.privacy import PlatePolicy
 from gateway.sensing.sightings import PlateSighting
 from gateway.sensing.speed import SpeedPass, SpeedPasses, TrafficConfig
+from gateway.vision.privacy import PlatePolicy
 from hal.sensors.config import RadarConfig
 from hal.sensors.radar import RadarReading
 from sync.events import Location, NewEvent, Priority
@@ -33,8 +33,13 @@ def radar(**options: object) -> RadarConfig:
     return RadarConfig.model_validate({"name": "radar", "kind": "radar", "port": "/dev/ttyRADAR", **options})
 
 
-def drive_by(kmh: list[float], start: float, config: TrafficConfig, radar_config: RadarConfig | None = None,
-             rate_hz: float = 10.0) -> SpeedPass:
+def drive_by(
+    kmh: list[float],
+    start: float,
+    config: TrafficConfig,
+    radar_config: RadarConfig | None = None,
+    rate_hz: float = 10.0,
+) -> SpeedPass:
     """A vehicle through the beam: one report per value at ``rate_hz``, then silence closes the pass."""
     passes = SpeedPasses(radar_config or radar(unit="kmh"), config)
     closed: list[SpeedPass] = []
@@ -45,8 +50,14 @@ def drive_by(kmh: list[float], start: float, config: TrafficConfig, radar_config
     return closed[0]
 
 
-def sighting(ts: float, text: str = "EBY-584", track: int | None = 7, camera: str = "cam0",
-             policy: PlatePolicy = HASH, jpeg: bytes | None = JPEG) -> PlateSighting:
+def sighting(
+    ts: float,
+    text: str = "EBY-584",
+    track: int | None = 7,
+    camera: str = "cam0",
+    policy: PlatePolicy = HASH,
+    jpeg: bytes | None = JPEG,
+) -> PlateSighting:
     return PlateSighting(ts=ts, camera=camera, track_id=track, plate=policy.fields(text), evidence_jpeg=jpeg)
 
 
@@ -79,8 +90,15 @@ def test_speed_then_plate_makes_one_alert(fusion: TrafficFusion, clock: Clock, e
     assert event.media == (JPEG,) and event.location == HERE
     assert event.ts == p.peak_ts == T0 + 0.2
     assert event.data == {
-        "sensor": "radar", "camera": "cam0", "track_id": 7, "direction": "inbound",
-        "speed_kmh": 63.0, "limit_kmh": 50.0, "speed_ts": T0 + 0.2, "plate_ts": T0 + 1.5, "evidence": True,
+        "sensor": "radar",
+        "camera": "cam0",
+        "track_id": 7,
+        "direction": "inbound",
+        "speed_kmh": 63.0,
+        "limit_kmh": 50.0,
+        "speed_ts": T0 + 0.2,
+        "plate_ts": T0 + 1.5,
+        "evidence": True,
         **HASH.fields("EBY584"),
     }
 
@@ -240,6 +258,12 @@ def test_speed_event_shape() -> None:
     assert event.type == "speed" and event.priority is Priority.TELEMETRY and event.ts == T0 + 0.1
     assert event.location == HERE
     assert event.data == {
-        "sensor": "radar", "direction": "inbound", "speed_kmh": 52.0, "mean_speed_kmh": 40.7, "readings": 3,
-        "duration_s": 0.2, "limit_kmh": 50.0, "over_limit": True,
+        "sensor": "radar",
+        "direction": "inbound",
+        "speed_kmh": 52.0,
+        "mean_speed_kmh": 40.7,
+        "readings": 3,
+        "duration_s": 0.2,
+        "limit_kmh": 50.0,
+        "over_limit": True,
     }

@@ -9,8 +9,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.web.server import HttpConfig, LocalServer
 from gateway.web.ingest import make_ingest_handler
+from gateway.web.server import HttpConfig, LocalServer
 from sync.events import Location, NewEvent, Priority
 from sync.outbox import Outbox, OutboxConfig
 
@@ -28,9 +28,13 @@ async def pole(tmp_path: Path) -> AsyncIterator[tuple[str, Outbox]]:
     await box.close()
 
 
-async def send(url: str, payload: Any = None, data: bytes | None = None, ctype: str = "application/json") -> tuple[int, dict]:
+async def send(
+    url: str, payload: Any = None, data: bytes | None = None, ctype: str = "application/json"
+) -> tuple[int, dict]:
     async with aiohttp.ClientSession() as s:
-        kwargs: dict[str, Any] = {"json": payload} if data is None else {"data": data, "headers": {"Content-Type": ctype}}
+        kwargs: dict[str, Any] = (
+            {"json": payload} if data is None else {"data": data, "headers": {"Content-Type": ctype}}
+        )
         async with s.post(url, **kwargs) as r:
             return r.status, await r.json()
 

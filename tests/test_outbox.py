@@ -168,7 +168,7 @@ async def test_eviction_order_at_the_cap(tmp_path: Path) -> None:
         for p in (Priority.ALERT, Priority.EVENT, Priority.TELEMETRY, Priority.MEDIA):
             kinds[(await box.put(ev(i, p, pad=900))).id] = (p, i)
     assert box.bytes_used == 16 * size
-    before = {p.label: n for p, n in zip(Priority, (4, 4, 4, 4))}
+    before = {p.label: n for p, n in zip(Priority, (4, 4, 4, 4), strict=True)}
     assert (await box.stats()).depth == before
 
     # Each new alert of ~1 KB must push out the oldest media first, then telemetry...

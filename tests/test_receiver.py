@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import gzip
-import os
 import hashlib
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -253,9 +253,10 @@ async def test_events_query_filters_and_cursor(receiver: RunningReceiver) -> Non
         assert [e["seq"] for e in got] == [11, 13, 15, 17, 19]
         async with s.get(receiver.url + "/v1/events", params={"limit": "0"}) as r:
             assert r.status == 400
-    async with aiohttp.ClientSession() as s, s.get(
-        receiver.url + "/v1/events", headers={"Authorization": f"Bearer {token}"}
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(receiver.url + "/v1/events", headers={"Authorization": f"Bearer {token}"}) as r,
+    ):
         assert r.status == 403
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.sensing.air_quality import AirQualityConfig
 from gateway.configfile import ConfigError, validate
+from gateway.sensing.air_quality import AirQualityConfig
 from gateway.sensing.location import GpsConfig
 from gateway.sensing.speed import TrafficConfig
 from hal.sensors.config import NmeaConfig, Pms5003Config, RadarConfig, SensorList
@@ -93,25 +93,40 @@ def test_every_field_is_described() -> None:
 @pytest.mark.parametrize(
     ("toml", "expected"),
     [
-        ('[[sensors]]\nname = "gps"\nkind = "nmea"\nport = "/dev/ttyS0"\nunit = "mph"\n',
-         "sensors.0.nmea.unit: unknown key"),
-        ('[[sensors]]\nname = "r"\nkind = "radar"\nport = "/dev/ttyS0"\nunit = "knots"\n',
-         "sensors.0.radar.unit: "),
-        ('[[sensors]]\nname = "r"\nkind = "radar"\nport = "/dev/ttyS0"\ndirection = "sideways"\n',
-         "sensors.0.radar.direction: "),
-        ('[[sensors]]\nname = "a"\nkind = "pms5003"\nport = "ttyUSB0"\n',
-         "sensors.0.pms5003.port: Value error, must be an absolute device path"),
-        ('[[sensors]]\nname = "a"\nkind = "pms5003"\nport = "/dev/ttyUSB0"\nbaudrate = 9601\n',
-         "sensors.0.pms5003.baudrate: Value error, not a standard baud rate"),
+        (
+            '[[sensors]]\nname = "gps"\nkind = "nmea"\nport = "/dev/ttyS0"\nunit = "mph"\n',
+            "sensors.0.nmea.unit: unknown key",
+        ),
+        ('[[sensors]]\nname = "r"\nkind = "radar"\nport = "/dev/ttyS0"\nunit = "knots"\n', "sensors.0.radar.unit: "),
+        (
+            '[[sensors]]\nname = "r"\nkind = "radar"\nport = "/dev/ttyS0"\ndirection = "sideways"\n',
+            "sensors.0.radar.direction: ",
+        ),
+        (
+            '[[sensors]]\nname = "a"\nkind = "pms5003"\nport = "ttyUSB0"\n',
+            "sensors.0.pms5003.port: Value error, must be an absolute device path",
+        ),
+        (
+            '[[sensors]]\nname = "a"\nkind = "pms5003"\nport = "/dev/ttyUSB0"\nbaudrate = 9601\n',
+            "sensors.0.pms5003.baudrate: Value error, not a standard baud rate",
+        ),
         ('[[sensors]]\nname = "a"\nkind = "lidar"\nport = "/dev/ttyUSB0"\n', "sensors.0: Input tag 'lidar'"),
         ('[[sensors]]\nkind = "nmea"\nport = "/dev/ttyUSB0"\n', "sensors.0.nmea.name: required but missing"),
         ('[[sensors]]\nname = "has space"\nkind = "nmea"\nport = "/dev/ttyUSB0"\n', "sensors.0.nmea.name: "),
-        ('[[sensors]]\nname = "a"\nkind = "nmea"\nport = "/dev/x"\nreconnect_min_s = 5\nreconnect_max_s = 1\n',
-         "sensors.0.nmea: Value error, reconnect_max_s must be at least reconnect_min_s"),
-        ('[[sensors]]\nname = "a"\nkind = "nmea"\nport = "/dev/x"\n[[sensors]]\nname = "a"\nkind = "radar"\n'
-         'port = "/dev/y"\n', "sensors: Value error, two sensors have the name 'a'"),
-        ('[[sensors]]\nname = "a"\nkind = "nmea"\nport = "/dev/x"\n[[sensors]]\nname = "b"\nkind = "radar"\n'
-         'port = "/dev/x"\n', "sensors: Value error, two sensors have the port '/dev/x'"),
+        (
+            '[[sensors]]\nname = "a"\nkind = "nmea"\nport = "/dev/x"\nreconnect_min_s = 5\nreconnect_max_s = 1\n',
+            "sensors.0.nmea: Value error, reconnect_max_s must be at least reconnect_min_s",
+        ),
+        (
+            '[[sensors]]\nname = "a"\nkind = "nmea"\nport = "/dev/x"\n[[sensors]]\nname = "a"\nkind = "radar"\n'
+            'port = "/dev/y"\n',
+            "sensors: Value error, two sensors have the name 'a'",
+        ),
+        (
+            '[[sensors]]\nname = "a"\nkind = "nmea"\nport = "/dev/x"\n[[sensors]]\nname = "b"\nkind = "radar"\n'
+            'port = "/dev/x"\n',
+            "sensors: Value error, two sensors have the port '/dev/x'",
+        ),
         ("[traffic]\nspeed_limit_kmh = 0\n", "traffic.speed_limit_kmh: "),
         ("[traffic]\nmax_pass_s = 0.5\npass_gap_s = 1.0\n", "traffic: Value error, max_pass_s must be at least"),
         ("[air_quality]\nperiod_s = 5\n", "air_quality.period_s: "),

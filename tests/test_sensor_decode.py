@@ -36,24 +36,56 @@ def test_pms5003_capture(tmp_path: Path, child_env: dict[str, str]) -> None:
     code, lines, _ = decode("pms5003", str(capture), child_env)
     assert code == 0
     assert lines == [
-        {"pm1_0": 1, "pm2_5": 2, "pm10": 3, "particles_0_3": 9, "particles_0_5": 8, "particles_1_0": 7,
-         "particles_2_5": 6, "particles_5_0": 5, "particles_10": 4},
-        {"pm1_0": 0, "pm2_5": 500, "pm10": 600, "particles_0_3": 900, "particles_0_5": 260, "particles_1_0": 55,
-         "particles_2_5": 7, "particles_5_0": 2, "particles_10": 1},
+        {
+            "pm1_0": 1,
+            "pm2_5": 2,
+            "pm10": 3,
+            "particles_0_3": 9,
+            "particles_0_5": 8,
+            "particles_1_0": 7,
+            "particles_2_5": 6,
+            "particles_5_0": 5,
+            "particles_10": 4,
+        },
+        {
+            "pm1_0": 0,
+            "pm2_5": 500,
+            "pm10": 600,
+            "particles_0_3": 900,
+            "particles_0_5": 260,
+            "particles_1_0": 55,
+            "particles_2_5": 7,
+            "particles_5_0": 2,
+            "particles_10": 1,
+        },
         {"readings": 2, "errors": {"checksum": 1, "truncated": 1}},
     ]
 
 
 def test_nmea_from_stdin(child_env: dict[str, str]) -> None:
-    stream = GGA_CLASSIC + RMC_CLASSIC + nmea("GPGSV,1,1,00") + nmea("GPGGA,1,2", checksum="00") + b"\xff$GPRMC,\xfe*00\r\n"
+    stream = (
+        GGA_CLASSIC + RMC_CLASSIC + nmea("GPGSV,1,1,00") + nmea("GPGGA,1,2", checksum="00") + b"\xff$GPRMC,\xfe*00\r\n"
+    )
     code, lines, _ = decode("nmea", "-", child_env, stdin=stream)
     assert code == 0
     gga, rmc, summary = lines
-    assert gga == {"sentence": "GPGGA", "utc": "12:35:19+00:00", "lat": pytest.approx(48.1173),
-                   "lon": pytest.approx(11.5166667), "fix_quality": 1, "satellites": 8}
-    assert rmc == {"sentence": "GPRMC", "utc": "1994-03-23T12:35:19+00:00", "lat": pytest.approx(48.1173),
-                   "lon": pytest.approx(11.5166667), "fix_quality": 1, "satellites": None,
-                   "speed_knots": pytest.approx(22.4)}
+    assert gga == {
+        "sentence": "GPGGA",
+        "utc": "12:35:19+00:00",
+        "lat": pytest.approx(48.1173),
+        "lon": pytest.approx(11.5166667),
+        "fix_quality": 1,
+        "satellites": 8,
+    }
+    assert rmc == {
+        "sentence": "GPRMC",
+        "utc": "1994-03-23T12:35:19+00:00",
+        "lat": pytest.approx(48.1173),
+        "lon": pytest.approx(11.5166667),
+        "fix_quality": 1,
+        "satellites": None,
+        "speed_knots": pytest.approx(22.4),
+    }
     assert summary == {"readings": 2, "errors": {"checksum": 1, "noise": 1, "non_utf8": 1}}
 
 

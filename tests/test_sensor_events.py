@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from gateway.sensing.air_quality import AirQualityConfig
-from gateway.sensing.location import ClockWatch, GpsConfig, LocationProvider
-from gateway.vision.privacy import PlatePolicy
 from gateway.sensing.events import SensorEvents
+from gateway.sensing.location import ClockWatch, GpsConfig, LocationProvider
 from gateway.sensing.service import SensorService
 from gateway.sensing.sightings import PlateSighting
 from gateway.sensing.speed import TrafficConfig
+from gateway.vision.privacy import PlatePolicy
 from hal.sensors.config import NmeaConfig, Pms5003Config, RadarConfig
 from hal.sensors.nmea import GpsReading
 from hal.sensors.pms5003 import PmsReading
@@ -72,8 +72,15 @@ class Hub:
         self.clock = clock
         self.location = LocationProvider(fallback, 10.0, clock)
         self.clock_watch = ClockWatch(2.0, 300.0, clock)
-        self.events = SensorEvents(outbox, [AIR, GPS, RADAR], location=self.location, clock_watch=self.clock_watch,
-                                   clock=clock, tick_s=0.01, **kw)
+        self.events = SensorEvents(
+            outbox,
+            [AIR, GPS, RADAR],
+            location=self.location,
+            clock_watch=self.clock_watch,
+            clock=clock,
+            tick_s=0.01,
+            **kw,
+        )
         self.task = asyncio.create_task(self.events.run())
 
     def feed(self, sensor: str, kind: str, ts: float, value: Any) -> None:
@@ -107,9 +114,18 @@ async def test_air_quality_is_averaged_per_clock_minute(outbox: Outbox) -> None:
     assert first["ts"] == MINUTE and second["ts"] == MINUTE + 60
     assert first["location"] == {"lat": 52.0907, "lon": 5.1214, "source": "config"}
     assert first["data"] == {
-        "sensor": "air", "period_s": 60, "samples": 3, "pm1_0": 10.3, "pm2_5": 21.0, "pm10": 22.0,
-        "particles_0_3": 1000.0, "particles_0_5": 300.0, "particles_1_0": 60.0, "particles_2_5": 8.0,
-        "particles_5_0": 2.0, "particles_10": 1.0,
+        "sensor": "air",
+        "period_s": 60,
+        "samples": 3,
+        "pm1_0": 10.3,
+        "pm2_5": 21.0,
+        "pm10": 22.0,
+        "particles_0_3": 1000.0,
+        "particles_0_5": 300.0,
+        "particles_1_0": 60.0,
+        "particles_2_5": 8.0,
+        "particles_5_0": 2.0,
+        "particles_10": 1.0,
     }
     assert second["data"]["samples"] == 1 and second["data"]["pm2_5"] == 4.0
 
@@ -165,8 +181,14 @@ async def test_clock_skew_against_gps_time_shows_in_status(outbox: Outbox) -> No
     assert hub.clock_watch.status().state == "unknown"
     gps_time = dt.datetime.fromtimestamp(MINUTE, dt.UTC)
     rmc_at = lambda when, status_fix=True: GpsReading(  # noqa: E731
-        "GNRMC", when.time(), when.date(), 52.1 if status_fix else None, 5.1 if status_fix else None,
-        1 if status_fix else 0, None, 0.0,
+        "GNRMC",
+        when.time(),
+        when.date(),
+        52.1 if status_fix else None,
+        5.1 if status_fix else None,
+        1 if status_fix else 0,
+        None,
+        0.0,
     )
     # The host clock runs 5.3 s ahead of GPS.
     hub.feed("gps", "nmea", MINUTE + 5.3, rmc_at(gps_time))
@@ -204,8 +226,14 @@ async def test_radar_reports_become_one_speed_event_per_pass(outbox: Outbox) -> 
     assert event["type"] == "speed" and event["priority"] == "telemetry"
     assert event["ts"] == pytest.approx(MINUTE + 0.2)
     assert event["data"] == {
-        "sensor": "radar", "direction": "inbound", "speed_kmh": 55.8, "mean_speed_kmh": 54.0, "readings": 12,
-        "duration_s": 1.1, "limit_kmh": 50.0, "over_limit": True,
+        "sensor": "radar",
+        "direction": "inbound",
+        "speed_kmh": 55.8,
+        "mean_speed_kmh": 54.0,
+        "readings": 12,
+        "duration_s": 1.1,
+        "limit_kmh": 50.0,
+        "over_limit": True,
     }
     assert hub.events.stats().events == {"speed": 1}
 
@@ -225,8 +253,9 @@ class FailingSink:
 async def test_a_failing_sink_is_counted_and_does_not_stop_the_task() -> None:
     sink = FailingSink()
     clock = Clock(MINUTE + 1)
-    events = SensorEvents(sink, [AIR], location=LocationProvider(None), clock_watch=ClockWatch(), clock=clock,
-                          tick_s=0.01)
+    events = SensorEvents(
+        sink, [AIR], location=LocationProvider(None), clock_watch=ClockWatch(), clock=clock, tick_s=0.01
+    )
     task = asyncio.create_task(events.run())
     events.on_reading(SensorReading("air", "pms5003", MINUTE + 1, pms(5)))
     clock.now = MINUTE + 61
@@ -241,8 +270,7 @@ async def test_a_failing_sink_is_counted_and_does_not_stop_the_task() -> None:
 
 
 async def test_a_full_reading_queue_drops_and_counts() -> None:
-    events = SensorEvents(FailingSink(), [AIR], location=LocationProvider(None), clock_watch=ClockWatch(),
-                          queue_size=3)
+    events = SensorEvents(FailingSink(), [AIR], location=LocationProvider(None), clock_watch=ClockWatch(), queue_size=3)
     for _ in range(5):  # the task is not running: nothing drains the queue
         events.on_reading(SensorReading("air", "pms5003", MINUTE, pms(5)))
     assert events.stats().readings_dropped == 2 and events.stats().queued_readings == 3
@@ -269,16 +297,26 @@ async def test_serial_devices_to_outbox_end_to_end(tmp_path: Path, outbox: Outbo
     try:
         await eventually(lambda: all(s.connected for s in service.status().sensors), what="all connected")
         hhmmss, ddmmyy = nmea_time(time.time())
-        gps.write(b"\r\n" + gga(time_=hhmmss, lat="4851.3960", lon="00221.0520") + rmc(time_=hhmmss, date=ddmmyy,
-                                                                                            lat="4851.3960", lon="00221.0520"))
-        await eventually(lambda: service.location.current() is not None
-                         and service.location.current().source == "gps", what="GPS fix")  # type: ignore[union-attr]
+        gps.write(
+            b"\r\n"
+            + gga(time_=hhmmss, lat="4851.3960", lon="00221.0520")
+            + rmc(time_=hhmmss, date=ddmmyy, lat="4851.3960", lon="00221.0520")
+        )
+        await eventually(
+            lambda: service.location.current() is not None and service.location.current().source == "gps",
+            what="GPS fix",
+        )  # type: ignore[union-attr]
         assert service.status().clock.state == "ok"
         air.write(pms_frame(pm2_5=17) + pms_frame(pm2_5=19))
         radar_dev.write(b"\r\n" + b"".join(radar_line(v) for v in (45.0, 58.5, 61.0, 57.0)))
         service.fusion.on_plate(
-            PlateSighting(ts=time.time(), camera="cam0", track_id=3, plate=PlatePolicy().fields("AB-123-C"),
-                          evidence_jpeg=b"\xff\xd8jpeg\xff\xd9")
+            PlateSighting(
+                ts=time.time(),
+                camera="cam0",
+                track_id=3,
+                plate=PlatePolicy().fields("AB-123-C"),
+                evidence_jpeg=b"\xff\xd8jpeg\xff\xd9",
+            )
         )
         await eventually(lambda: service.status().events.events.get("traffic_violation") == 1, what="violation")
     finally:

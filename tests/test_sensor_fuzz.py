@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hal.sensors.parser import ErrorKind
 from hal.sensors.nmea import NmeaParser
+from hal.sensors.parser import ErrorKind
 from hal.sensors.pms5003 import Pms5003Parser, PmsReading
 from hal.sensors.radar import RadarParser
 from tests.sensor_frames import gga, pms_frame, radar_line, rmc
@@ -25,13 +25,15 @@ ERROR_KINDS = {k.value for k in ErrorKind}
 FUZZ = settings(max_examples=500, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 # Bytes that matter to the framers, mixed into random ones so that hypothesis hits the edges.
-SPECIAL = st.sampled_from([b"BM", b"\x42\x4d\x00\x1c", b"$", b"$GPGGA,", b"*", b"\r", b"\n", b"\r\n", b",", b'"mph"', b"{", b"}"])
+SPECIAL = st.sampled_from(
+    [b"BM", b"\x42\x4d\x00\x1c", b"$", b"$GPGGA,", b"*", b"\r", b"\n", b"\r\n", b",", b'"mph"', b"{", b"}"]
+)
 NOISE = st.lists(st.one_of(st.binary(max_size=40), SPECIAL), max_size=12).map(b"".join)
 
 
 def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({min(c, len(data)) for c in cuts})
-    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)])]
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
 
 
 @FUZZ
@@ -72,8 +74,12 @@ pms_readings = st.tuples(st.lists(words, min_size=3, max_size=3), st.lists(words
 def test_pms_frames_in_noise_are_found(frames: list[tuple[bytes, PmsReading]], tail: bytes, cuts: list[int]) -> None:
     stream = b""
     for noise, r in frames:
-        stream += noise + pms_frame(r.pm1_0, r.pm2_5, r.pm10, (r.particles_0_3, r.particles_0_5, r.particles_1_0,
-                                                              r.particles_2_5, r.particles_5_0, r.particles_10))
+        stream += noise + pms_frame(
+            r.pm1_0,
+            r.pm2_5,
+            r.pm10,
+            (r.particles_0_3, r.particles_0_5, r.particles_1_0, r.particles_2_5, r.particles_5_0, r.particles_10),
+        )
     stream += tail
     parser = Pms5003Parser()
     found = [reading for chunk in chunked(stream, cuts) for reading in parser.feed(chunk).readings]
@@ -99,11 +105,13 @@ def test_nmea_sentences_in_noise_are_found(
         sentence = gga(lat=lat, ns=ns, lon=lon, ew=ew) if is_gga else rmc(lat=lat, ns=ns, lon=lon, ew=ew)
         stream += noise + sentence
         sign_lat, sign_lon = (-1 if ns == "S" else 1), (-1 if ew == "W" else 1)
-        expected.append((
-            "GGA" if is_gga else "RMC",
-            round(sign_lat * (la + (lam + laf / 10000) / 60), 6),
-            round(sign_lon * (lo + (lom + lof / 10000) / 60), 6),
-        ))
+        expected.append(
+            (
+                "GGA" if is_gga else "RMC",
+                round(sign_lat * (la + (lam + laf / 10000) / 60), 6),
+                round(sign_lon * (lo + (lom + lof / 10000) / 60), 6),
+            )
+        )
     parser = NmeaParser()
     found = [
         (r.kind, round(r.lat, 6), round(r.lon, 6))
@@ -116,8 +124,11 @@ def test_nmea_sentences_in_noise_are_found(
 
 @FUZZ
 @given(
-    items=st.lists(st.tuples(NOISE, st.integers(-9999, 9999), st.sampled_from([None, "mph", "kmph", "mps"])),
-                   min_size=1, max_size=8),
+    items=st.lists(
+        st.tuples(NOISE, st.integers(-9999, 9999), st.sampled_from([None, "mph", "kmph", "mps"])),
+        min_size=1,
+        max_size=8,
+    ),
     cuts=st.lists(st.integers(0, 600), max_size=6),
 )
 def test_radar_reports_in_noise_are_found(items: list[tuple[bytes, int, str | None]], cuts: list[int]) -> None:

@@ -21,8 +21,15 @@ def test_pms_frame_decodes_atmospheric_values_and_counts() -> None:
     # Atmospheric values, not the CF=1 ones; 300 and 1025 need both bytes of their words.
     assert parsed.readings == [PmsReading(12, 300, 1025, 65535, 4660, 3, 2, 1, 0)]
     assert parsed.readings[0].as_dict() == {
-        "pm1_0": 12, "pm2_5": 300, "pm10": 1025, "particles_0_3": 65535, "particles_0_5": 4660,
-        "particles_1_0": 3, "particles_2_5": 2, "particles_5_0": 1, "particles_10": 0,
+        "pm1_0": 12,
+        "pm2_5": 300,
+        "pm10": 1025,
+        "particles_0_3": 65535,
+        "particles_0_5": 4660,
+        "particles_1_0": 3,
+        "particles_2_5": 2,
+        "particles_5_0": 1,
+        "particles_10": 0,
     }
 
 
@@ -110,8 +117,12 @@ def test_nmea_classic_gga_and_rmc() -> None:
 def test_nmea_reading_as_json_fields() -> None:
     gga_reading, rmc_reading = NmeaParser().feed(GGA_CLASSIC + RMC_CLASSIC).readings
     assert gga_reading.as_dict() == {
-        "sentence": "GPGGA", "utc": "12:35:19+00:00", "lat": pytest.approx(48.1173),
-        "lon": pytest.approx(11.516666667), "fix_quality": 1, "satellites": 8,
+        "sentence": "GPGGA",
+        "utc": "12:35:19+00:00",
+        "lat": pytest.approx(48.1173),
+        "lon": pytest.approx(11.516666667),
+        "fix_quality": 1,
+        "satellites": 8,
     }
     assert rmc_reading.as_dict()["utc"] == "1994-03-23T12:35:19+00:00"
     assert rmc_reading.as_dict()["speed_knots"] == pytest.approx(22.4)
@@ -167,9 +178,7 @@ def test_nmea_truncated_sentence_then_a_whole_one() -> None:
 
 def test_nmea_non_utf8_and_noise() -> None:
     parser = NmeaParser()
-    parsed = parser.feed(
-        GGA_CLASSIC + b"$GPGGA,12\xff\xfe,4807.038*11\r\n" + b"\x00\x01 line noise \x80" + RMC_CLASSIC
-    )
+    parsed = parser.feed(GGA_CLASSIC + b"$GPGGA,12\xff\xfe,4807.038*11\r\n" + b"\x00\x01 line noise \x80" + RMC_CLASSIC)
     assert [r.kind for r in parsed.readings] == ["GGA", "RMC"]
     assert parsed.errors == {"non_utf8": 1, "noise": 1}
 
@@ -241,8 +250,14 @@ def test_radar_report_formats() -> None:
     )
     assert parsed.errors == {}
     assert [(r.speed, r.unit) for r in parsed.readings] == [
-        (12.5, "mps"), (-3.25, "mps"), (40.0, "mph"), (-18.0, "kmh"), (3.6, "mps"), (-7.5, "mps"),
-        (-9.5, "mps"), (4.25, "mps"),
+        (12.5, "mps"),
+        (-3.25, "mps"),
+        (40.0, "mph"),
+        (-18.0, "kmh"),
+        (3.6, "mps"),
+        (-7.5, "mps"),
+        (-9.5, "mps"),
+        (4.25, "mps"),
     ]
     assert [r.direction for r in parsed.readings[:2]] == ["inbound", "outbound"]
     assert parsed.readings[0].as_dict() == {"speed": 12.5, "unit": "mps"}
@@ -278,7 +293,8 @@ def test_radar_bad_lines_are_counted() -> None:
         + b"99999\r\n"  # far beyond any road speed: noise that happened to parse
         + b'{"speed":"fast"}\r\n'
         + b"\xff\xfe1.0\r\n"
-        + b"7" * 200 + b"\r\n"
+        + b"7" * 200
+        + b"\r\n"
         + radar_line(2.0)
     )
     assert [r.speed for r in parsed.readings] == [1.0, 2.0]

@@ -12,12 +12,12 @@ import pytest
 import serial
 import structlog.testing
 
+from hal.log_throttle import LogThrottle
 from hal.sensors.config import NmeaConfig, Pms5003Config, RadarConfig
 from hal.sensors.nmea import GpsReading
 from hal.sensors.pms5003 import PmsReading
 from hal.sensors.radar import RadarReading
 from hal.sensors.sensor import SensorReading
-from hal.log_throttle import LogThrottle
 from hal.serialport import SerialSensor
 from tests.pty_device import PtyDevice
 from tests.sensor_frames import GGA_CLASSIC, RMC_CLASSIC, eventually, pms_frame, radar_line
@@ -98,7 +98,9 @@ async def test_radar_readings_arrive_after_the_first_line(device: PtyDevice, run
     device.write(b"7.4\r\n" + radar_line(51.5) + radar_line(-12.0) + radar_line(30.0, unit="mph"))
     await eventually(lambda: len(r.readings) == 3)
     assert [x.value for x in r.readings] == [
-        RadarReading(51.5, "kmh"), RadarReading(-12.0, "kmh"), RadarReading(30.0, "mph")
+        RadarReading(51.5, "kmh"),
+        RadarReading(-12.0, "kmh"),
+        RadarReading(30.0, "mph"),
     ]
 
 
@@ -171,8 +173,9 @@ async def test_a_silent_port_is_counted_and_reopened(device: PtyDevice, run: lis
 
 
 async def test_absent_device_is_retried_with_backoff(tmp_path: Path, run: list[Running]) -> None:
-    config = RadarConfig(name="radar", kind="radar", port=str(tmp_path / "never"), reconnect_min_s=0.05,
-                         reconnect_max_s=0.4)
+    config = RadarConfig(
+        name="radar", kind="radar", port=str(tmp_path / "never"), reconnect_min_s=0.05, reconnect_max_s=0.4
+    )
     sensor = SerialSensor(config)
     start(run, sensor)
     await asyncio.sleep(1.5)
@@ -280,7 +283,7 @@ async def test_cancelling_a_busy_reader_always_stops_it(device: PtyDevice, run: 
     try:
         for _ in range(40):
             r = Running(SerialSensor(NmeaConfig(name="gps", kind="nmea", port=str(device.path), **FAST)))
-            await eventually(lambda: len(r.readings) > 0, what="readings")
+            await eventually(lambda r=r: len(r.readings) > 0, what="readings")
             r.task.cancel()
             await asyncio.wait({r.task}, timeout=3)  # waits without cancelling anything itself
             stopped = r.task.done()

@@ -72,8 +72,13 @@ async def test_a_clean_device_gives_clean_readings(kind: str) -> None:
 
 @pytest.mark.parametrize(
     ("kind", "fault", "error"),
-    [("pms5003", "checksum", "checksum"), ("nmea", "checksum", "checksum"), ("radar", "checksum", "malformed"),
-     ("nmea", "truncate", "truncated"), ("pms5003", "noise", "noise")],
+    [
+        ("pms5003", "checksum", "checksum"),
+        ("nmea", "checksum", "checksum"),
+        ("radar", "checksum", "malformed"),
+        ("nmea", "truncate", "truncated"),
+        ("pms5003", "noise", "noise"),
+    ],
 )
 async def test_injected_faults_are_counted(kind: str, fault: str, error: str) -> None:
     stream = radar_stream(random.Random(5), gap_s=(0.01, 0.02), rate_hz=100) if kind == "radar" else None
@@ -134,7 +139,9 @@ def test_runs_as_a_program(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     proc = subprocess.Popen(
         [sys.executable, "-m", "hal.simulator", "radar", "--link", str(link), "--faults", "noise=0.1", "--seed", "1"],
-        stdout=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         assert proc.stdout is not None

@@ -141,7 +141,9 @@ async def test_wedged_outbox_writer_starves_the_watchdog(tmp_path: Path) -> None
         lock.execute("BEGIN EXCLUSIVE")
         headers = {"Authorization": f"Bearer {INGEST_TOKEN}"}
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-            request = asyncio.ensure_future(session.post(pole.url + "/v1/events", json={"type": "probe"}, headers=headers))
+            request = asyncio.ensure_future(
+                session.post(pole.url + "/v1/events", json={"type": "probe"}, headers=headers)
+            )
             await asyncio.to_thread(notify.pump, 1.5)  # also drains what was sent before the wedge
             since = time.monotonic()
             await asyncio.to_thread(notify.pump, 2.0)

@@ -56,7 +56,9 @@ async def faults() -> Faults:
 
 @pytest.fixture
 async def rx(tmp_path: Path, faults: Faults) -> AsyncIterator[RunningReceiver]:
-    running = await start_receiver(f"sqlite:///{tmp_path / 'rx.db'}", tmp_path / "media", middlewares=[faults.middleware])
+    running = await start_receiver(
+        f"sqlite:///{tmp_path / 'rx.db'}", tmp_path / "media", middlewares=[faults.middleware]
+    )
     await running.add_pole("pole-1")
     yield running
     await stop_receiver(running)
@@ -175,7 +177,10 @@ async def test_invalid_event_is_dead_lettered_and_the_rest_delivered(outbox: Out
 
 async def test_event_too_large_for_receiver_is_isolated(tmp_path: Path, outbox: Outbox, faults: Faults) -> None:
     rx = await start_receiver(
-        f"sqlite:///{tmp_path / 'small.db'}", tmp_path / "m", middlewares=[faults.middleware], max_decompressed_bytes=50_000
+        f"sqlite:///{tmp_path / 'small.db'}",
+        tmp_path / "m",
+        middlewares=[faults.middleware],
+        max_decompressed_bytes=50_000,
     )
     try:
         await rx.add_pole("pole-1")
@@ -190,7 +195,9 @@ async def test_event_too_large_for_receiver_is_isolated(tmp_path: Path, outbox: 
 
 
 async def test_policy_refusal_becomes_a_dead_letter(tmp_path: Path, outbox: Outbox) -> None:
-    rx = await start_receiver(f"sqlite:///{tmp_path / 'p.db'}", tmp_path / "m", policy=PolicyConfig(allowed_types=["ok"]))
+    rx = await start_receiver(
+        f"sqlite:///{tmp_path / 'p.db'}", tmp_path / "m", policy=PolicyConfig(allowed_types=["ok"])
+    )
     try:
         await rx.add_pole("pole-1")
         await outbox.put(NewEvent("ok", {}))

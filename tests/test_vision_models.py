@@ -7,13 +7,24 @@ from pathlib import Path
 
 import pytest
 
-from gateway.vision.plates import PlateReader
 from gateway.vision.config import PlateReadingConfig
+from gateway.vision.plates import PlateReader
 from models.detection import PEOPLE, VEHICLES, iou
 from models.ocr import PaddleRecogniser, TesseractRecogniser
 from models.redact import RedactionConfig
 from models.registry import REGISTRY, ModelError, ModelRegistry
-from tests.helpers.vision import BUS, BUS_PLATE, FACE_COUNTS, FACES, VEHICLES as VEHICLE_DIR, empty_street, image, real_parts
+from tests.helpers.vision import (
+    BUS,
+    BUS_PLATE,
+    FACE_COUNTS,
+    FACES,
+    empty_street,
+    image,
+    real_parts,
+)
+from tests.helpers.vision import (
+    VEHICLES as VEHICLE_DIR,
+)
 
 
 def test_every_registered_model_ships_with_its_pinned_hash_and_licence() -> None:

@@ -12,13 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from gateway.vision.health import CameraHealth
-from gateway.vision.counting import LineCounter
-from gateway.vision.motion import MotionGate, small_grey
-from gateway.vision.pipeline import VisionPipeline
-from gateway.vision.privacy import PlatePolicy
 from gateway.sensing.sightings import PlateSighting
-from gateway.vision.tracker import Tracker
 from gateway.vision.config import (
     HealthConfig,
     InferenceConfig,
@@ -30,7 +24,13 @@ from gateway.vision.config import (
     VisionConfig,
     ZoneConfig,
 )
+from gateway.vision.counting import LineCounter
+from gateway.vision.health import CameraHealth
+from gateway.vision.motion import MotionGate, small_grey
+from gateway.vision.pipeline import VisionPipeline
+from gateway.vision.privacy import PlatePolicy
 from gateway.vision.setup import load_parts, make_executor
+from gateway.vision.tracker import Tracker
 from gateway.vision.zones import ZonePresence
 from hal.camera.base import CameraConfig, Frame
 from hal.camera.factory import open_camera
@@ -259,7 +259,9 @@ async def test_the_pipeline_waits_for_an_absent_camera_without_stalling() -> Non
 
 async def test_the_simulated_pole_sees_and_redacts_its_shapes() -> None:
     sink = ListSink()
-    config = VisionConfig(inference=InferenceConfig(backend="simulated"), snapshots=SnapshotConfig(presence_interval_s=0))
+    config = VisionConfig(
+        inference=InferenceConfig(backend="simulated"), snapshots=SnapshotConfig(presence_interval_s=0)
+    )
     executor = make_executor(config)
     camera = open_camera(CameraConfig(name="sim", source="simulated", fps=20))
     pipeline = VisionPipeline(camera, load_parts(config), config, PlatePolicy(), sink, executor)

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from gateway.replay import replay_main
-from gateway.vision.snapshots import SnapshotMaker
 from gateway.vision.config import SnapshotConfig
+from gateway.vision.snapshots import SnapshotMaker
 from models.detection import PEOPLE, Box, expand, to_pixels
 from models.redact import REDACTED_BELOW, RedactionConfig, Redactor, cover, residual_detail
 from models.registry import REGISTRY, ModelRegistry

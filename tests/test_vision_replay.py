@@ -68,7 +68,8 @@ def test_the_street_video(tmp_path: Path) -> None:
     config = tmp_path / "pole.toml"
     config.write_text(
         "[pole]\nid = 'ignored-by-replay'\n\n"
-        "[[vision.lines]]\nname = 'middle'\nstart = [0.0, 0.5]\nend = [1.0, 0.5]\nforward = 'south'\nbackward = 'north'\n"
+        "[[vision.lines]]\nname = 'middle'\nstart = [0.0, 0.5]\nend = [1.0, 0.5]\n"
+        "forward = 'south'\nbackward = 'north'\n"
     )
     out = tmp_path / "out"
     assert replay_main(CLIP, out, config) == 0

@@ -74,7 +74,9 @@ class SensorEvents:
         self._clock_watch = clock_watch
         self._clock = clock
         self._tick_s = tick_s
-        self._averagers = {c.name: AirQualityAverager(c.name, air_quality.period_s) for c in sensors if c.kind == "pms5003"}
+        self._averagers = {
+            c.name: AirQualityAverager(c.name, air_quality.period_s) for c in sensors if c.kind == "pms5003"
+        }
         self._passes = {c.name: SpeedPasses(c, traffic) for c in sensors if isinstance(c, RadarConfig)}
         self.fusion = TrafficFusion(traffic, self.emit, location.current, clock)
         self._queue: asyncio.Queue[SensorReading] = asyncio.Queue(queue_size)

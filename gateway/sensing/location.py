@@ -121,7 +121,9 @@ class ClockWatch:
         status = self.status()
         if status.state != self._reported:
             if status.state == "skewed":
-                log.warning("clock disagrees with GPS", skew_s=round(status.skew_s or 0.0, 3), max_skew_s=self._max_skew)
+                log.warning(
+                    "clock disagrees with GPS", skew_s=round(status.skew_s or 0.0, 3), max_skew_s=self._max_skew
+                )
             elif self._reported == "skewed":
                 log.info("clock agrees with GPS again", skew_s=round(status.skew_s or 0.0, 3))
             self._reported = status.state

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from gateway.sensing.air_quality import AirQualityConfig
+from gateway.sensing.events import SensorEvents, SensorEventStats
 from gateway.sensing.fusion import FusionStats, TrafficFusion
 from gateway.sensing.location import ClockStatus, ClockWatch, GpsConfig, GpsFix, LocationProvider
-from gateway.sensing.events import SensorEvents, SensorEventStats
 from gateway.sensing.speed import TrafficConfig
 from hal.sensors.config import AnySensorConfig
 from hal.sensors.sensor import SensorStats
@@ -66,8 +66,13 @@ class SensorService:
         self.location = LocationProvider(fallback_location, gps.fix_max_age_s, clock)
         self.clock_watch = ClockWatch(gps.clock_skew_max_s, gps.clock_check_max_age_s, clock)
         self.events = SensorEvents(
-            sink, enabled, location=self.location, clock_watch=self.clock_watch,
-            traffic=traffic, air_quality=air_quality, clock=clock,
+            sink,
+            enabled,
+            location=self.location,
+            clock_watch=self.clock_watch,
+            traffic=traffic,
+            air_quality=air_quality,
+            clock=clock,
         )
         self.fusion: TrafficFusion = self.events.fusion
         self.sensors = [SerialSensor(c, clock=clock) for c in enabled]

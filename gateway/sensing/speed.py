@@ -27,7 +27,9 @@ class TrafficConfig(BaseModel):
 
     speed_limit_kmh: float = Field(50.0, gt=0, description="Speed limit (km/h); a radar's own speed_limit_kmh wins.")
     window_s: float = Field(
-        2.0, ge=0, description="A plate read at most this many seconds before or after an over-limit speed pairs with it."
+        2.0,
+        ge=0,
+        description="A plate read at most this many seconds before or after an over-limit speed pairs with it.",
     )
     pass_gap_s: float = Field(
         1.0, gt=0, description="Radar reports further apart than this belong to different vehicles."
@@ -39,7 +41,9 @@ class TrafficConfig(BaseModel):
         3.0, ge=0, description="Reports slower than this are ignored (zero reports, swaying trees, the odd pigeon)."
     )
     plate_delay_s: float = Field(
-        10.0, ge=0, description="How late a plate read may reach the pairing after its frame was taken (vision latency)."
+        10.0,
+        ge=0,
+        description="How late a plate read may reach the pairing after its frame was taken (vision latency).",
     )
 
     @model_validator(mode="after")

@@ -20,8 +20,8 @@ from typing import Any, BinaryIO, cast, get_args
 
 import orjson
 
-from hal.sensors.parser import Parsed
 from hal.sensors.config import SensorKind
+from hal.sensors.parser import Parsed
 from hal.sensors.sensor import new_parser
 
 EXIT_DECODED = 0

@@ -39,8 +39,12 @@ class InferenceConfig(Strict):
         "onnx", description="'onnx' runs the shipped models; 'simulated' finds the simulated camera's shapes."
     )
     threads: int = Field(2, ge=1, le=16, description="onnxruntime intra-op threads of each model session.")
-    workers: int = Field(1, ge=1, le=8, description="Threads that run inference for all cameras (one is right for up to 4 cores).")
-    models_dir: Path | None = Field(None, description="Directory of the model files; unset: the weights shipped with SmartPole.")
+    workers: int = Field(
+        1, ge=1, le=8, description="Threads that run inference for all cameras (one is right for up to 4 cores)."
+    )
+    models_dir: Path | None = Field(
+        None, description="Directory of the model files; unset: the weights shipped with SmartPole."
+    )
 
 
 class DetectionConfig(Strict):
@@ -48,7 +52,9 @@ class DetectionConfig(Strict):
 
     threshold: float = Field(0.35, gt=0, lt=1, description="Lowest detector score kept.")
     nms_iou: float = Field(0.5, gt=0, lt=1, description="Overlap above which two boxes are one object.")
-    classes: list[Label] = Field(default_factory=lambda: list(ALL_LABELS), min_length=1, description="Classes detected.")
+    classes: list[Label] = Field(
+        default_factory=lambda: list(ALL_LABELS), min_length=1, description="Classes detected."
+    )
 
 
 class MotionConfig(Strict):
@@ -56,22 +62,33 @@ class MotionConfig(Strict):
 
     enabled: bool = Field(True, description="Off: detect on every frame, on the whole frame.")
     width: int = Field(160, ge=64, le=640, description="Width of the small grey frame the gate works on.")
-    sensitivity: float = Field(25.0, gt=0, description="Background subtractor variance threshold; lower finds fainter motion.")
-    min_area: float = Field(0.0005, ge=0, lt=1, description="Smallest moving blob that counts, as a fraction of the frame.")
+    sensitivity: float = Field(
+        25.0, gt=0, description="Background subtractor variance threshold; lower finds fainter motion."
+    )
+    min_area: float = Field(
+        0.0005, ge=0, lt=1, description="Smallest moving blob that counts, as a fraction of the frame."
+    )
     full_pass_interval_s: float = Field(
         2.0, gt=0, description="Detect on the whole frame at least this often, motion or not (stopped objects)."
     )
     roi: bool = Field(True, description="Detect only in the region that moves when it is small enough.")
     roi_max_fraction: float = Field(
-        0.4, gt=0, le=1, description="A moving region larger than this fraction of the frame is detected as a whole frame."
+        0.4,
+        gt=0,
+        le=1,
+        description="A moving region larger than this fraction of the frame is detected as a whole frame.",
     )
-    roi_margin: float = Field(0.25, ge=0, le=1, description="Margin around the moving region, as a fraction of its size.")
+    roi_margin: float = Field(
+        0.25, ge=0, le=1, description="Margin around the moving region, as a fraction of its size."
+    )
 
 
 class TrackerConfig(Strict):
     """Track ids across frames."""
 
-    iou_threshold: float = Field(0.2, gt=0, lt=1, description="Least overlap of a detection with a track's predicted box to continue it.")
+    iou_threshold: float = Field(
+        0.2, gt=0, lt=1, description="Least overlap of a detection with a track's predicted box to continue it."
+    )
     max_age_s: float = Field(1.5, gt=0, description="A track not seen for this long (where detection ran) ends.")
     min_hits: int = Field(2, ge=1, description="Detections before a track counts (filters one-frame false positives).")
 
@@ -114,14 +131,17 @@ class PresenceConfig(Strict):
     min_interval_s: float = Field(2.0, ge=0, description="Least time between two presence events of one zone.")
     heartbeat_s: float = Field(60.0, gt=0, description="A zone with objects in it is reported at least this often.")
     every_frame: bool = Field(
-        False, description="Report every analysed frame that has objects (replay does this); off: changes and heartbeats."
+        False,
+        description="Report every analysed frame that has objects (replay does this); off: changes and heartbeats.",
     )
 
 
 class SnapshotConfig(Strict):
     """The redacted JPEGs attached to events and shown on the status page."""
 
-    max_width: int | None = Field(1280, ge=160, description="Snapshots wider than this are scaled down; unset: full size.")
+    max_width: int | None = Field(
+        1280, ge=160, description="Snapshots wider than this are scaled down; unset: full size."
+    )
     jpeg_quality: int = Field(80, ge=30, le=95, description="JPEG quality.")
     presence_interval_s: float = Field(
         60.0, ge=0, description="Least time between presence events that carry a snapshot (0: every one does)."
@@ -142,7 +162,9 @@ class PlateReadingConfig(Strict):
         min_length=1,
         description="Recognisers that read each candidate; where they agree the read is surest.",
     )
-    min_vehicle_width_px: int = Field(80, ge=16, description="Narrower vehicles are not read (their plates are too small).")
+    min_vehicle_width_px: int = Field(
+        80, ge=16, description="Narrower vehicles are not read (their plates are too small)."
+    )
     min_confidence: float = Field(0.6, ge=0, le=1, description="Least confidence of a read that is reported.")
     pattern: str = Field(
         r"^(?=.*[0-9])(?=.*[A-Z])[A-Z0-9]{4,10}$",
@@ -165,19 +187,27 @@ class HealthConfig(Strict):
     """Camera faults and tamper detection."""
 
     enabled: bool = Field(True, description="Watch for dark, frozen, covered and moved cameras.")
-    dark_level: float = Field(20.0, ge=0, le=255, description="Mean brightness (0-255) under which a frame is too dark.")
+    dark_level: float = Field(
+        20.0, ge=0, le=255, description="Mean brightness (0-255) under which a frame is too dark."
+    )
     dark_s: float = Field(10.0, gt=0, description="How long too dark before a camera_fault.")
-    frozen_level: float = Field(0.05, ge=0, description="Mean change per pixel between frames under which the picture is frozen.")
+    frozen_level: float = Field(
+        0.05, ge=0, description="Mean change per pixel between frames under which the picture is frozen."
+    )
     frozen_s: float = Field(10.0, gt=0, description="How long frozen before a camera_fault.")
     covered_ratio: float = Field(
-        0.2, gt=0, lt=1, description="Detail (edge energy) under this fraction of the learned normal means the lens is covered."
+        0.2,
+        gt=0,
+        lt=1,
+        description="Detail (edge energy) under this fraction of the learned normal means the lens is covered.",
     )
     covered_s: float = Field(3.0, gt=0, description="How long covered before a tamper event.")
     moved_similarity: float = Field(
         0.65,
         gt=0,
         lt=1,
-        description="Edge correlation with the learned view under this fraction of its normal level means the camera moved.",
+        description="Edge correlation with the learned view under this fraction of its normal level means "
+        "the camera moved.",
     )
     moved_s: float = Field(5.0, gt=0, description="How long the view must stay moved before a tamper event.")
     learn_s: float = Field(5.0, gt=0, description="Time after start (or after a move) to learn the normal view.")
@@ -197,7 +227,8 @@ class VisionConfig(Strict):
     tracker: TrackerConfig = Field(default_factory=TrackerConfig, description="Tracking.")
     lines: list[LineConfig] = Field(default_factory=list, description="Counting lines ([[vision.lines]]).")
     zones: list[ZoneConfig] = Field(
-        default_factory=_whole_frame, description="Presence zones ([[vision.zones]]); default: the whole frame, named 'frame'."
+        default_factory=_whole_frame,
+        description="Presence zones ([[vision.zones]]); default: the whole frame, named 'frame'.",
     )
     presence: PresenceConfig = Field(default_factory=PresenceConfig, description="Presence event timing.")
     plates: PlateReadingConfig = Field(default_factory=PlateReadingConfig, description="Plate reading.")

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from gateway.vision.tracker import Track
 from gateway.vision.config import LineConfig
+from gateway.vision.tracker import Track
 
 PERIOD_S = 60.0
 _DEAD_BAND = 0.01  # fraction of the frame around a line where a track's side is not updated

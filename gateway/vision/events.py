@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any, NotRequired, TypedDict
 
-from gateway.vision.health import HealthChange
 from gateway.vision.counting import CountReport
+from gateway.vision.health import HealthChange
 from gateway.vision.zones import PresenceReport
 from models.detection import Box
 from sync.events import Location, NewEvent, Priority
@@ -111,13 +111,21 @@ def normalised_box(box: Box, width: int, height: int) -> list[float]:
 
 def presence(camera: str, report: PresenceReport) -> PresenceData:
     return PresenceData(
-        camera=camera, zone=report.zone, counts=dict(report.counts), total=report.total, track_ids=list(report.track_ids)
+        camera=camera,
+        zone=report.zone,
+        counts=dict(report.counts),
+        total=report.total,
+        track_ids=list(report.track_ids),
     )
 
 
 def count(camera: str, report: CountReport) -> CountData:
     return CountData(
-        camera=camera, line=report.line, period_start=report.period_start, period_s=report.period_s, counts=report.counts
+        camera=camera,
+        line=report.line,
+        period_start=report.period_start,
+        period_s=report.period_s,
+        counts=report.counts,
     )
 
 
@@ -154,9 +162,7 @@ def tamper(camera: str, change: HealthChange) -> TamperData:
     )
 
 
-def new_event(
-    type_: str, data: Any, ts: float, location: Location | None, media: bytes | None = None
-) -> NewEvent:
+def new_event(type_: str, data: Any, ts: float, location: Location | None, media: bytes | None = None) -> NewEvent:
     return NewEvent(
         type=type_,
         data=dict(data),

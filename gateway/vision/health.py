@@ -97,7 +97,10 @@ class CameraHealth:
     @property
     def active(self) -> list[Condition]:
         holds: list[tuple[Condition, _Hold]] = [
-            ("down", self._down), ("dark", self._dark), ("frozen", self._frozen), ("covered", self._covered)
+            ("down", self._down),
+            ("dark", self._dark),
+            ("frozen", self._frozen),
+            ("covered", self._covered),
         ]
         return [name for name, hold in holds if hold.active]
 
@@ -113,7 +116,13 @@ class CameraHealth:
         c = self.config
         changes: list[HealthChange] = []
         brightness = float(grey.mean())
-        self._note(changes, "dark", self._dark.step(brightness < c.dark_level, t), brightness, f"mean brightness {brightness:.0f}/255")
+        self._note(
+            changes,
+            "dark",
+            self._dark.step(brightness < c.dark_level, t),
+            brightness,
+            f"mean brightness {brightness:.0f}/255",
+        )
 
         edges = _edges(grey)
         detail = float(edges.mean())
@@ -141,8 +150,10 @@ class CameraHealth:
             return changes
         similarity = _correlation(self._view, edges)
         learning = t < self._learn_until
-        suspect = not learning and self._normal_similarity is not None and (
-            similarity < c.moved_similarity * self._normal_similarity
+        suspect = (
+            not learning
+            and self._normal_similarity is not None
+            and (similarity < c.moved_similarity * self._normal_similarity)
         )
         if not suspect:
             # A suspected move must not be learned as the normal view while it is being timed.
@@ -155,14 +166,21 @@ class CameraHealth:
         if self._moved.step(suspect, t):
             normal = self._normal_similarity or 1.0
             changes.append(
-                HealthChange("moved", True, similarity / normal, f"view matches the learned one at {similarity / normal:.0%} of normal")
+                HealthChange(
+                    "moved",
+                    True,
+                    similarity / normal,
+                    f"view matches the learned one at {similarity / normal:.0%} of normal",
+                )
             )
             self._moved = _Hold(c.moved_s)
             self._view = None
             self._normal_similarity = None
         return changes
 
-    def _note(self, changes: list[HealthChange], condition: Condition, change: bool | None, score: float, detail: str) -> None:
+    def _note(
+        self, changes: list[HealthChange], condition: Condition, change: bool | None, score: float, detail: str
+    ) -> None:
         if change is not None:
             changes.append(HealthChange(condition, change, score, detail))
 

@@ -71,7 +71,8 @@ class MotionGate:
         return MotionResult(True, fraction, region)
 
     def _detection_region(self, moving: Box, width: int, height: int) -> Box | None:
-        """The moving box with a margin, made squarish (the detector stretches to a square), or None for the whole frame."""
+        """The moving box with a margin, made squarish (the detector stretches to a square);
+        None for the whole frame."""
         if not self.config.roi:
             return None
         x1, y1, x2, y2 = moving

@@ -27,16 +27,16 @@ from typing import Any, Protocol
 import numpy as np
 import structlog
 
+from gateway.sensing.sightings import PlateSighting
 from gateway.vision import events as ve
-from gateway.vision.health import CameraHealth, HealthChange
+from gateway.vision.config import VisionConfig
 from gateway.vision.counting import LineCounter
+from gateway.vision.health import CameraHealth, HealthChange
 from gateway.vision.motion import MotionGate, MotionResult, small_grey
 from gateway.vision.plates import PlateRead, PlateReader
 from gateway.vision.privacy import PlatePolicy
-from gateway.sensing.sightings import PlateSighting
 from gateway.vision.snapshots import Snapshot, SnapshotMaker, SnapshotStats
 from gateway.vision.tracker import Track, Tracker
-from gateway.vision.config import VisionConfig
 from gateway.vision.zones import ZonePresence
 from hal.camera.base import Camera, CameraStats, Frame
 from models.detection import PEOPLE, Box, Detection, ObjectDetector, offset, to_pixels
@@ -230,7 +230,9 @@ class VisionPipeline:
             )
             events.append(self._event(ve.PLATE_READ, data, frame, shot, why))
             self._plates_read += 1
-            await self._tell_fusion(PlateSighting(frame.ts_wall, self.name, track.id, fields, shot.jpeg if shot else None))
+            await self._tell_fusion(
+                PlateSighting(frame.ts_wall, self.name, track.id, fields, shot.jpeg if shot else None)
+            )
 
         if presence:
             with_picture = self._presence_picture_due(frame.t_stream)
@@ -255,7 +257,9 @@ class VisionPipeline:
     async def flush(self) -> None:
         """Emit what is still aggregated (counts of the current minute)."""
         ts = time.time()
-        events = [self._event(ve.COUNT, dict(ve.count(self.name, c)), None, None, None, ts) for c in self.counter.flush()]
+        events = [
+            self._event(ve.COUNT, dict(ve.count(self.name, c)), None, None, None, ts) for c in self.counter.flush()
+        ]
         await self._emit(events)
 
     def reset_scene(self) -> None:
@@ -283,7 +287,9 @@ class VisionPipeline:
                 health = self.health.observe(grey, frame.t_stream)
         motion_s = time.perf_counter() - start
 
-        full_due = self._last_full is None or frame.t_stream - self._last_full >= self.config.motion.full_pass_interval_s
+        full_due = (
+            self._last_full is None or frame.t_stream - self._last_full >= self.config.motion.full_pass_interval_s
+        )
         if motion is not None and not motion.moving and not full_due:
             self._still += 1
             return _Analysis([], None, False, motion, health, motion_s, 0.0)
@@ -335,7 +341,9 @@ class VisionPipeline:
     def _boxes(self, detections: Sequence[Detection], tracks: Sequence[Track]) -> tuple[list[Box], list[Box]]:
         """Boxes whose faces and plates a snapshot must cover: this frame's detections and every track."""
         people = [d.box for d in detections if d.label in PEOPLE] + [t.box for t in tracks if t.group == "person"]
-        vehicles = [d.box for d in detections if d.label not in PEOPLE] + [t.box for t in tracks if t.group == "vehicle"]
+        vehicles = [d.box for d in detections if d.label not in PEOPLE] + [
+            t.box for t in tracks if t.group == "vehicle"
+        ]
         # A track matched on this frame has exactly its detection's box.
         return list(dict.fromkeys(people)), list(dict.fromkeys(vehicles))
 
@@ -346,7 +354,9 @@ class VisionPipeline:
         picture: Callable[[], Awaitable[tuple[Snapshot | None, str | None]]],
     ) -> NewEvent:
         level = log.warning if change.active else log.info
-        level("camera_condition", camera=self.name, condition=change.condition, active=change.active, detail=change.detail)
+        level(
+            "camera_condition", camera=self.name, condition=change.condition, active=change.active, detail=change.detail
+        )
         if not change.is_tamper:
             return self._event(ve.CAMERA_FAULT, dict(ve.camera_fault(self.name, change)), frame, None, None)
         with_picture = change.active and self.config.snapshots.on_tamper
@@ -356,7 +366,10 @@ class VisionPipeline:
     async def _watch_camera(self) -> None:
         stats = self.camera.stats()
         changes = self.health.camera(stats.state != "down", time.monotonic(), stats.last_error)
-        events = [self._event(ve.CAMERA_FAULT, dict(ve.camera_fault(self.name, c)), None, None, None, time.time()) for c in changes]
+        events = [
+            self._event(ve.CAMERA_FAULT, dict(ve.camera_fault(self.name, c)), None, None, None, time.time())
+            for c in changes
+        ]
         for change in changes:
             level = log.warning if change.active else log.info
             level("camera_condition", camera=self.name, condition="down", active=change.active, detail=change.detail)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.vision.privacy import normalise_plate
 from gateway.vision.config import PlateReadingConfig
+from gateway.vision.privacy import normalise_plate
 from models.detection import Box
 from models.ocr import PlateRecogniser, grow_quad, rectify
 from models.plates import PlateCandidate, PlateFinder

@@ -16,11 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
+from gateway.tmpfs import temp_files_in_memory
+from gateway.vision.config import VisionConfig
 from gateway.vision.pipeline import LocationProvider, PlateCallback, StatsSource, VisionParts, VisionPipeline
 from gateway.vision.plates import PlateReader
 from gateway.vision.privacy import PlatePolicy
-from gateway.tmpfs import temp_files_in_memory
-from gateway.vision.config import VisionConfig
 from hal.camera.base import CameraConfig
 from hal.camera.factory import open_camera
 from models.detection import FaceDetector
@@ -87,7 +87,10 @@ def load_parts(config: VisionConfig, on_inference: InferenceCallback | None = No
     finder: PlateFinder | None = None
     try:
         faces = CenterFaceDetector(
-            registry.verified_path("centerface"), threads, max_side=config.redaction.face_max_side, on_inference=on_inference
+            registry.verified_path("centerface"),
+            threads,
+            max_side=config.redaction.face_max_side,
+            on_inference=on_inference,
         )
         timed.append(faces)
     except Exception as exc:

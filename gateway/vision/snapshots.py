@@ -77,13 +77,17 @@ class SnapshotMaker:
                 first = not self._failing
                 self._failing = True
             if first:
-                log.error("snapshot_withheld", camera=camera, reason=str(exc), detail="no image is kept until redaction works")
+                log.error(
+                    "snapshot_withheld", camera=camera, reason=str(exc), detail="no image is kept until redaction works"
+                )
             return None
         redacted = time.perf_counter()
         out = redaction.image
         if self.config.max_width is not None and out.shape[1] > self.config.max_width:
             scale = self.config.max_width / out.shape[1]
-            out = cv2.resize(out, (self.config.max_width, max(1, int(round(out.shape[0] * scale)))), interpolation=cv2.INTER_AREA)
+            out = cv2.resize(
+                out, (self.config.max_width, max(1, int(round(out.shape[0] * scale)))), interpolation=cv2.INTER_AREA
+            )
         ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality])
         if not ok:
             raise RuntimeError("JPEG encoding failed")

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from gateway.vision.tracker import Track
 from gateway.vision.config import PresenceConfig, ZoneConfig
+from gateway.vision.tracker import Track
 
 
 @dataclass(frozen=True, slots=True)

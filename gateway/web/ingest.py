@@ -59,9 +59,7 @@ def _field_errors(exc: ValidationError, listed: bool) -> str:
     return "; ".join(parts)
 
 
-def make_ingest_handler(
-    sink: EventSink, location: LocationSource, max_events: int
-) -> Callable[[web.Request], Any]:
+def make_ingest_handler(sink: EventSink, location: LocationSource, max_events: int) -> Callable[[web.Request], Any]:
     async def post_events(request: web.Request) -> web.Response:
         if request.content_type != "application/json":
             return json_error(415, f"content type must be application/json, not {request.content_type!r}")

@@ -8,6 +8,7 @@ status page shows (a collector), so both always agree.
 from __future__ import annotations
 
 from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
@@ -30,38 +31,98 @@ class _StatusCollector(Collector):
         if s is None:
             return
         cams = s.cameras
-        yield _family(CounterMetricFamily, "smartpole_frames", "Frames read per camera.", ["camera"],
-                      [([c.name], c.frames_read) for c in cams])
-        yield _family(CounterMetricFamily, "smartpole_frames_dropped", "Frames replaced by a newer one before the pipeline took them.",
-                      ["camera"], [([c.name], c.frames_dropped) for c in cams])
-        yield _family(GaugeMetricFamily, "smartpole_pipeline_fps", "Frames processed per second.", ["camera"],
-                      [([c.name], c.pipeline_fps) for c in cams])
-        yield _family(GaugeMetricFamily, "smartpole_camera_up", "1 while the camera delivers frames.", ["camera"],
-                      [([c.name], 1.0 if c.up else 0.0) for c in cams])
+        yield _family(
+            CounterMetricFamily,
+            "smartpole_frames",
+            "Frames read per camera.",
+            ["camera"],
+            [([c.name], c.frames_read) for c in cams],
+        )
+        yield _family(
+            CounterMetricFamily,
+            "smartpole_frames_dropped",
+            "Frames replaced by a newer one before the pipeline took them.",
+            ["camera"],
+            [([c.name], c.frames_dropped) for c in cams],
+        )
+        yield _family(
+            GaugeMetricFamily,
+            "smartpole_pipeline_fps",
+            "Frames processed per second.",
+            ["camera"],
+            [([c.name], c.pipeline_fps) for c in cams],
+        )
+        yield _family(
+            GaugeMetricFamily,
+            "smartpole_camera_up",
+            "1 while the camera delivers frames.",
+            ["camera"],
+            [([c.name], 1.0 if c.up else 0.0) for c in cams],
+        )
         outbox = s.outbox
-        yield _family(GaugeMetricFamily, "smartpole_outbox_events", "Events waiting in the outbox.", ["priority"],
-                      [([p], n) for p, n in outbox.depth.items()])
+        yield _family(
+            GaugeMetricFamily,
+            "smartpole_outbox_events",
+            "Events waiting in the outbox.",
+            ["priority"],
+            [([p], n) for p, n in outbox.depth.items()],
+        )
         yield GaugeMetricFamily("smartpole_outbox_bytes", "Bytes of queued events and media.", value=outbox.bytes_used)
-        yield GaugeMetricFamily("smartpole_outbox_oldest_age_seconds", "Age of the oldest queued event (0 when empty).",
-                                value=outbox.oldest_age_s or 0.0)
-        yield _family(CounterMetricFamily, "smartpole_outbox_evicted", "Events evicted or expired, by reason.", ["reason"],
-                      [([r], n) for r, n in outbox.evicted.items()])
-        yield GaugeMetricFamily("smartpole_outbox_dead_letters", "Events the receiver refused, kept for inspection.",
-                                value=outbox.dead_letters)
+        yield GaugeMetricFamily(
+            "smartpole_outbox_oldest_age_seconds",
+            "Age of the oldest queued event (0 when empty).",
+            value=outbox.oldest_age_s or 0.0,
+        )
+        yield _family(
+            CounterMetricFamily,
+            "smartpole_outbox_evicted",
+            "Events evicted or expired, by reason.",
+            ["reason"],
+            [([r], n) for r, n in outbox.evicted.items()],
+        )
+        yield GaugeMetricFamily(
+            "smartpole_outbox_dead_letters",
+            "Events the receiver refused, kept for inspection.",
+            value=outbox.dead_letters,
+        )
         uplink = s.uplink
-        yield _family(CounterMetricFamily, "smartpole_uplink_batches", "Batch requests by result.", ["result"],
-                      [([r], n) for r, n in uplink.batches.items()])
-        yield GaugeMetricFamily("smartpole_uplink_last_success_timestamp_seconds",
-                                "When the receiver last accepted a batch (0: never).", value=uplink.last_success or 0.0)
-        yield GaugeMetricFamily("smartpole_uplink_backoff_seconds", "Current retry delay (0 when healthy).",
-                                value=uplink.backoff_s)
+        yield _family(
+            CounterMetricFamily,
+            "smartpole_uplink_batches",
+            "Batch requests by result.",
+            ["result"],
+            [([r], n) for r, n in uplink.batches.items()],
+        )
+        yield GaugeMetricFamily(
+            "smartpole_uplink_last_success_timestamp_seconds",
+            "When the receiver last accepted a batch (0: never).",
+            value=uplink.last_success or 0.0,
+        )
+        yield GaugeMetricFamily(
+            "smartpole_uplink_backoff_seconds", "Current retry delay (0 when healthy).", value=uplink.backoff_s
+        )
         sensors = s.sensors
-        yield _family(CounterMetricFamily, "smartpole_sensor_readings", "Readings decoded per sensor.", ["sensor"],
-                      [([x.name], x.readings_total) for x in sensors])
-        yield _family(CounterMetricFamily, "smartpole_sensor_errors", "Bad input per sensor and kind.", ["sensor", "kind"],
-                      [([x.name, k], n) for x in sensors for k, n in x.errors.items()])
-        yield _family(CounterMetricFamily, "smartpole_redactions", "Regions redacted before encoding, by kind.", ["kind"],
-                      [([k], n) for k, n in s.redactions.items()])
+        yield _family(
+            CounterMetricFamily,
+            "smartpole_sensor_readings",
+            "Readings decoded per sensor.",
+            ["sensor"],
+            [([x.name], x.readings_total) for x in sensors],
+        )
+        yield _family(
+            CounterMetricFamily,
+            "smartpole_sensor_errors",
+            "Bad input per sensor and kind.",
+            ["sensor", "kind"],
+            [([x.name, k], n) for x in sensors for k, n in x.errors.items()],
+        )
+        yield _family(
+            CounterMetricFamily,
+            "smartpole_redactions",
+            "Regions redacted before encoding, by kind.",
+            ["kind"],
+            [([k], n) for k, n in s.redactions.items()],
+        )
 
 
 def _family(kind: type, name: str, doc: str, labels: list[str], samples: list[tuple[list[str], float]]) -> Metric:
@@ -76,11 +137,15 @@ class PoleMetrics:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self.inference = Histogram(
-            "smartpole_inference_seconds", "Inference time per model.", ["model"],
-            buckets=INFERENCE_BUCKETS, registry=self.registry,
+            "smartpole_inference_seconds",
+            "Inference time per model.",
+            ["model"],
+            buckets=INFERENCE_BUCKETS,
+            registry=self.registry,
         )
-        self.events = Counter("smartpole_events_total", "Events committed to the outbox, by type.", ["type"],
-                              registry=self.registry)
+        self.events = Counter(
+            "smartpole_events_total", "Events committed to the outbox, by type.", ["type"], registry=self.registry
+        )
         self._status = _StatusCollector()
         self.registry.register(self._status)
 

@@ -18,7 +18,9 @@ class HttpConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    bind: str = Field("127.0.0.1", description="Address to listen on; keep it local unless the status page must be reachable.")
+    bind: str = Field(
+        "127.0.0.1", description="Address to listen on; keep it local unless the status page must be reachable."
+    )
     port: int = Field(8470, ge=0, le=65535, description="TCP port (0 picks a free one).")
     max_body_bytes: int = Field(1_000_000, gt=0, description="Largest request body.")
     max_events_per_request: int = Field(1000, ge=1, description="Most events in one POST /v1/events.")

@@ -9,10 +9,10 @@ from typing import Protocol
 
 from aiohttp import web
 
-from httpkit.errors import json_response
 from gateway.status import PoleStatus
-from gateway.web.status_view import Cell, build_view
 from gateway.web.login import WebAuth
+from gateway.web.status_view import Cell, build_view
+from httpkit.errors import json_response
 
 HERE = Path(__file__).resolve().parent
 _PAGE = Template((HERE / "templates" / "status.html").read_text())

@@ -26,7 +26,9 @@ class CameraConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(
-        "cam0", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$", description="Camera name, unique on the pole; in every event."
+        "cam0",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$",
+        description="Camera name, unique on the pole; in every event.",
     )
     source: str = Field(
         "/dev/video0",
@@ -36,8 +38,12 @@ class CameraConfig(BaseModel):
     kind: CameraKind = Field(
         "auto", description="'auto' guesses from the source; or force 'v4l2', 'stream', 'file' or 'simulated'."
     )
-    width: int | None = Field(None, ge=16, description="Capture width requested from a V4L2 device (None: its default).")
-    height: int | None = Field(None, ge=16, description="Capture height requested from a V4L2 device (None: its default).")
+    width: int | None = Field(
+        None, ge=16, description="Capture width requested from a V4L2 device (None: its default)."
+    )
+    height: int | None = Field(
+        None, ge=16, description="Capture height requested from a V4L2 device (None: its default)."
+    )
     fps: float | None = Field(
         None, gt=0, description="Frame rate requested from a V4L2 device, or produced by the simulated camera."
     )
@@ -106,7 +112,6 @@ class CameraStats:
 
 class CameraError(Exception):
     """A source that cannot be used at all (e.g. a corrupt video file); the message names it."""
-
 
 
 class Camera(ABC):

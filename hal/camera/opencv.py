@@ -12,7 +12,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import Literal
 
 import cv2
@@ -53,7 +52,6 @@ def probe_video(path: Path) -> VideoInfo:
         )
     finally:
         cap.release()
-
 
 
 class _Rate:

@@ -86,7 +86,9 @@ class SimulatedCamera(Camera):
             if a.kind == "person":
                 head = a.w // 2
                 cv2.rectangle(img, (x, y + head), (x + a.w, y + a.h), PERSON_BGR, -1)
-                cv2.ellipse(img, (x + a.w // 2, y + head // 2 + 1), (head // 2 + 1, head // 2 + 1), 0, 0, 360, HEAD_BGR, -1)
+                cv2.ellipse(
+                    img, (x + a.w // 2, y + head // 2 + 1), (head // 2 + 1, head // 2 + 1), 0, 0, 360, HEAD_BGR, -1
+                )
             else:
                 cv2.rectangle(img, (x, y), (x + a.w, y + a.h), VEHICLE_BGR, -1)
                 pw, ph = a.w // 4, max(6, a.h // 6)

@@ -79,11 +79,14 @@ class RadarConfig(_SerialSensor):
     kind: Literal["radar"] = Field(..., description="Doppler radar speed sensor, OPS243 style.")
     baudrate: int = Field(19200, description="Baud rate of the sensor's UART (ignored over its USB port).")
     silence_timeout_s: float | None = Field(
-        None, gt=0, description="Reopen the port after this long without a byte; off by default, "
+        None,
+        gt=0,
+        description="Reopen the port after this long without a byte; off by default, "
         "because a radar only reports while something moves.",
     )
     unit: Unit = Field(
-        "mps", description="Units the sensor is set to (US/UK/UM/UF/UC), for reports that carry no unit label: "
+        "mps",
+        description="Units the sensor is set to (US/UK/UM/UF/UC), for reports that carry no unit label: "
         "mps, kmh, mph, fps or cmps.",
     )
     direction: Literal["inbound", "outbound", "both"] = Field(

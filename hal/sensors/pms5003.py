@@ -52,9 +52,15 @@ class PmsReading:
     def plausible(self) -> bool:
         """Both series are cumulative: PM1.0 is part of PM2.5, which is part of PM10; a particle
         beyond 0.5 µm is also beyond 0.3 µm. A frame that says otherwise did not come from the sensor."""
-        counts = (self.particles_0_3, self.particles_0_5, self.particles_1_0, self.particles_2_5,
-                  self.particles_5_0, self.particles_10)
-        return self.pm1_0 <= self.pm2_5 <= self.pm10 and all(a >= b for a, b in zip(counts, counts[1:]))
+        counts = (
+            self.particles_0_3,
+            self.particles_0_5,
+            self.particles_1_0,
+            self.particles_2_5,
+            self.particles_5_0,
+            self.particles_10,
+        )
+        return self.pm1_0 <= self.pm2_5 <= self.pm10 and all(a >= b for a, b in zip(counts, counts[1:], strict=False))
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -31,11 +31,22 @@ Direction = Literal["inbound", "outbound"]
 
 # Every spelling OPS24x firmware uses for a unit (command answers and report labels).
 UNIT_ALIASES: dict[str, Unit] = {
-    "mps": "mps", "m/s": "mps", "m-per-sec": "mps", "ms": "mps",
-    "kmh": "kmh", "kmph": "kmh", "km/h": "kmh", "kph": "kmh", "km-per-hr": "kmh",
+    "mps": "mps",
+    "m/s": "mps",
+    "m-per-sec": "mps",
+    "ms": "mps",
+    "kmh": "kmh",
+    "kmph": "kmh",
+    "km/h": "kmh",
+    "kph": "kmh",
+    "km-per-hr": "kmh",
     "mph": "mph",
-    "fps": "fps", "ft/s": "fps", "ft-per-sec": "fps",
-    "cmps": "cmps", "cm/s": "cmps", "cm-per-sec": "cmps",
+    "fps": "fps",
+    "ft/s": "fps",
+    "ft-per-sec": "fps",
+    "cmps": "cmps",
+    "cm/s": "cmps",
+    "cm-per-sec": "cmps",
 }
 TO_KMH: dict[Unit, float] = {"mps": 3.6, "kmh": 1.0, "mph": 1.609344, "fps": 1.09728, "cmps": 0.036}
 MAX_LINE = 96

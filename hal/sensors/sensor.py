@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
 
-from hal.sensors.parser import Parser
 from hal.sensors.config import SensorKind
 from hal.sensors.nmea import GpsReading, NmeaParser
+from hal.sensors.parser import Parser
 from hal.sensors.pms5003 import Pms5003Parser, PmsReading
 from hal.sensors.radar import RadarParser, RadarReading, Unit
 

@@ -41,7 +41,6 @@ class EventQuery:
     after: int = 0  # the cursor: events stored after this position
     limit: int = 100
 
-
     def conditions(self) -> list[tuple[str, Any]]:
         """The filters in force as (SQL condition with one placeholder ``{}``, value), cursor first."""
         wanted = [

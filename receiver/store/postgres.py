@@ -90,7 +90,9 @@ RETURNING event_id::text
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for kind in ("json", "jsonb"):
-        await conn.set_type_codec(kind, schema="pg_catalog", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads)
+        await conn.set_type_codec(
+            kind, schema="pg_catalog", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads
+        )
 
 
 class PostgresStore:
@@ -161,12 +163,15 @@ class PostgresStore:
     ) -> InsertResult:
         columns: list[list[Any]] = [[] for _ in range(10)]
         for e in events:
-            for column, value in zip(columns, (*event_row(e), orjson.dumps(e.data).decode(), orjson.dumps(e.media).decode())):
+            values = (*event_row(e), orjson.dumps(e.data).decode(), orjson.dumps(e.media).decode())
+            for column, value in zip(columns, values, strict=True):
                 column.append(value)
         shas = sorted({sha for e in events for sha in e.media})
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                inserted = {r[0] for r in await conn.fetch(_INSERT, pole_id, now, batch_id, *columns)} if events else set()
+                inserted = (
+                    {r[0] for r in await conn.fetch(_INSERT, pole_id, now, batch_id, *columns)} if events else set()
+                )
                 await conn.execute(
                     "UPDATE poles SET last_seen = $2, last_batch_id = $3, max_seq = greatest(max_seq, $4),"
                     " events_total = events_total + $5, status = coalesce($6::jsonb, status) WHERE pole_id = $1",

@@ -240,7 +240,9 @@ class SqliteStore:
         more = len(rows) > query.limit
         rows = rows[: query.limit]
         events = [
-            public_event(pole, event_id, seq, ts, type_, prio, lat, lon, src, orjson.loads(data), orjson.loads(media), at)
+            public_event(
+                pole, event_id, seq, ts, type_, prio, lat, lon, src, orjson.loads(data), orjson.loads(media), at
+            )
             for _, pole, event_id, seq, ts, type_, prio, lat, lon, src, data, media, at in rows
         ]
         return EventPage(events, rows[-1][0] if more else None)

@@ -10,9 +10,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from gateway.vision.pipeline import VisionParts
-from gateway.vision.config import VisionConfig
 from gateway.tmpfs import use_memory_for_temp_files
+from gateway.vision.config import VisionConfig
+from gateway.vision.pipeline import VisionParts
 from gateway.vision.setup import load_parts
 from sync.events import Accepted, NewEvent
 
