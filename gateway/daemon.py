@@ -52,6 +52,7 @@ from gateway.status import (
 )
 from gateway.supervisor import FatalError, Supervisor
 from gateway.systemd import Notifier, feed_watchdog, watchdog_interval
+from gateway.tmpfs import use_memory_for_temp_files
 from gateway.version import SOFTWARE_VERSION
 from gateway.vision.pipeline import VisionParts, VisionPipeline
 from gateway.vision.setup import build_pipeline, load_parts, make_executor
@@ -452,4 +453,6 @@ def run_daemon(config: PoleConfig, config_path: Path) -> int:
     # the camera's state and errors are already in our logs and on the status page.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     log.info("starting", config=str(config_path), version=SOFTWARE_VERSION, python=sys.version.split()[0])
+    # Before any model runs: tesseract's plate crops must go through memory, never the SD card.
+    use_memory_for_temp_files()
     return uvloop.run(serve(config_path, config))

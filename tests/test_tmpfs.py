@@ -56,3 +56,29 @@ def test_tesseract_temp_files_are_created_in_memory(child_env: dict[str, str]) -
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok /")
+
+
+def test_smartpole_run_moves_temporary_files_to_memory_before_serving(child_env: dict[str, str]) -> None:
+    """``run_daemon`` (what ``smartpole run`` calls) sets the memory directory up before the daemon starts."""
+    script = textwrap.dedent(
+        """
+        import tempfile
+        from pathlib import Path
+        import gateway.daemon as daemon
+        from gateway.config import PoleConfig
+        from gateway.tmpfs import temp_files_in_memory
+
+        async def serve(path, config):
+            print("in memory" if temp_files_in_memory() else "on disk:", tempfile.gettempdir())
+            return 0
+
+        daemon.serve = serve
+        raise SystemExit(daemon.run_daemon(PoleConfig(), Path("pole.toml")))
+        """
+    )
+    env = dict(child_env, TMPDIR="/var/tmp")
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].startswith("in memory"), result.stdout
