@@ -35,8 +35,8 @@ from receiver.store.base import EventQuery  # noqa: E402
 from receiver.store.factory import open_store  # noqa: E402
 from sync.events import NewEvent, Priority  # noqa: E402
 from sync.outbox import Outbox, OutboxConfig  # noqa: E402
-from sync.uplink import UplinkConfig  # noqa: E402
-from sync.uplink_http import HttpUplink  # noqa: E402
+from sync.uplink.base import UplinkConfig  # noqa: E402
+from sync.uplink.factory import build_uplink  # noqa: E402
 
 PG_URL = os.environ.get("SMARTPOLE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -120,7 +120,7 @@ async def run(backend: str, events: int, batch: int, workdir: Path) -> dict[str,
         async def status() -> dict[str, Any]:
             return {"backlog": (await outbox.stats()).depth}
 
-        uplink = HttpUplink(
+        uplink = build_uplink(
             outbox,
             UplinkConfig(
                 url=f"http://127.0.0.1:{port}",

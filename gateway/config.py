@@ -24,7 +24,7 @@ from hal.camera.base import CameraConfig
 from hal.sensors.config import SensorList
 from sync.events import Location
 from sync.outbox import OutboxConfig
-from sync.uplink import UplinkConfig
+from sync.uplink.base import UplinkConfig
 
 POLE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 

@@ -63,8 +63,8 @@ from gateway.web.server import LocalServer
 from gateway.web.status_page import StatusPage
 from sync.events import Location
 from sync.outbox import Outbox
-from sync.uplink import SimulatedUplink, Uplink
-from sync.uplink_http import HttpUplink
+from sync.uplink.base import Uplink
+from sync.uplink.factory import build_uplink
 
 log = structlog.get_logger("daemon")
 
@@ -111,11 +111,11 @@ class Daemon:
 
     def _build_uplink(self, outbox: Outbox) -> Uplink:
         cfg = self.config.uplink
-        if cfg.kind == "simulated":
-            return SimulatedUplink(outbox, cfg)
-        if cfg.token is None:
+        if cfg.kind == "http" and cfg.token is None:
             log.warning("uplink_without_token", hint="set SMARTPOLE_UPLINK_TOKEN; the receiver will answer 401")
-        return HttpUplink(outbox, cfg, self.pole_id, self.status_block)
+        if cfg.kind == "mqtt" and cfg.password is None and cfg.token is None:
+            log.warning("uplink_without_password", hint="set SMARTPOLE_UPLINK_PASSWORD; the broker will refuse us")
+        return build_uplink(outbox, cfg, self.pole_id, self.status_block)
 
     async def _build_vision(self, sink: RecordingSink, executor: ThreadPoolExecutor) -> None:
         vision = self.config.vision

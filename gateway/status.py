@@ -14,7 +14,7 @@ from typing import Any
 from gateway.sensing.location import ClockStatus
 from sync.events import Location
 from sync.outbox import DeadLetter, OutboxStats
-from sync.uplink import UplinkState, UplinkStateName
+from sync.uplink.base import UplinkState, UplinkStateName
 
 
 @dataclass(frozen=True, slots=True)

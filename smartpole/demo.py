@@ -31,7 +31,7 @@ from hal.sensors.config import SensorKind
 from hal.simulator import Faults, SimulatedSerialDevice
 from receiver import service
 from receiver.config import ReceiverConfig, ReceiverSection
-from sync.uplink import UplinkConfig
+from sync.uplink.base import UplinkConfig
 
 log = structlog.get_logger("demo")
 

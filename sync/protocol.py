@@ -25,6 +25,16 @@ Replies to ``POST /v1/batches``:
   ``rejected`` names events, only those are invalid and the rest may be sent again.
 - 401 unknown or revoked token, 403 token of another pole, 413 too large,
   415 not JSON or not gzip: nothing stored.
+
+The same over MQTT v5 (QoS 1, a persistent session on both ends):
+
+- the pole publishes the gzip batch to ``smartpole/v1/{pole_id}/batches`` with the
+  batch id as correlation data and ``smartpole/v1/{pole_id}/replies`` as response topic;
+  a JPEG or clip the receiver lacks goes to ``smartpole/v1/{pole_id}/media/{sha256}``
+  with correlation data ``media:{sha256}``;
+- the receiver answers on the response topic with the body it would answer over HTTP
+  plus ``"status"``, the HTTP status it stands for, and the same correlation data.
+  The pole settles a batch only on that reply, never on the broker's PUBACK.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from __future__ import annotations
 import gzip
 import math
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -40,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 SCHEMA_VERSION = 1
 BATCHES_PATH = "/v1/batches"
 MEDIA_PATH = "/v1/media/{sha256}"
+MQTT_ROOT = "smartpole/v1"
 
 MAX_EVENTS_PER_BATCH = 10_000
 MAX_MEDIA_REFS = 8
@@ -57,6 +69,11 @@ PriorityName = Literal["alert", "event", "telemetry", "media"]
 
 def is_sha256(value: str) -> bool:
     return bool(_SHA256.match(value))
+
+
+def media_type(data: bytes) -> str:
+    """The content type of a media file from its first bytes: an MP4 clip (ISO BMFF ``ftyp`` box) or a JPEG."""
+    return "video/mp4" if data[4:8] == b"ftyp" else "image/jpeg"
 
 
 class WireLocation(BaseModel):
@@ -212,3 +229,60 @@ def parse_batch(document: bytes) -> tuple[BatchEnvelope, list[WireEvent], list[R
         seen.add(event.id)
         events.append(event)
     return envelope, events, rejected
+
+
+def batches_topic(pole_id: str) -> str:
+    return f"{MQTT_ROOT}/{pole_id}/batches"
+
+
+def media_topic(pole_id: str, sha256: str) -> str:
+    return f"{MQTT_ROOT}/{pole_id}/media/{sha256}"
+
+
+def replies_topic(pole_id: str) -> str:
+    return f"{MQTT_ROOT}/{pole_id}/replies"
+
+
+def media_correlation(sha256: str) -> bytes:
+    return f"media:{sha256}".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class PoleTopic:
+    """Where a pole published: its id, ``batches`` or ``media``, and the media's sha256."""
+
+    pole_id: str
+    kind: Literal["batches", "media"]
+    sha256: str | None = None
+
+
+_POLE_ID = re.compile(POLE_ID_PATTERN)
+
+
+def parse_pole_topic(topic: str) -> PoleTopic:
+    """Read a topic a pole publishes to; raise :class:`ProtocolError` (400) for anything else."""
+    parts = topic.split("/")
+    if len(parts) < 4 or "/".join(parts[:2]) != MQTT_ROOT or not _POLE_ID.match(parts[2]):
+        raise ProtocolError(400, f"not a pole topic: {topic[:200]!r}")
+    if len(parts) == 4 and parts[3] == "batches":
+        return PoleTopic(parts[2], "batches")
+    if len(parts) == 5 and parts[3] == "media" and is_sha256(parts[4]):
+        return PoleTopic(parts[2], "media", parts[4])
+    raise ProtocolError(400, f"not a pole topic: {topic[:200]!r}")
+
+
+def mqtt_reply(status: int, body: dict[str, Any]) -> bytes:
+    """The receiver's MQTT reply: the HTTP answer's body with the status it stands for."""
+    return orjson.dumps({**body, "status": status})
+
+
+def read_mqtt_reply(payload: bytes) -> tuple[int, bytes]:
+    """The status and body of a receiver's MQTT reply; a reply without a status counts as a 502."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return 502, payload
+    status = doc.get("status") if isinstance(doc, dict) else None
+    if not isinstance(status, int) or isinstance(status, bool):
+        return 502, payload
+    return status, payload

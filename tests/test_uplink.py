@@ -17,8 +17,9 @@ from pydantic import SecretStr
 from receiver.policy import PolicyConfig
 from sync.events import NewEvent, Priority
 from sync.outbox import Outbox
-from sync.uplink import UplinkConfig
-from sync.uplink_http import HttpUplink
+from sync.uplink.base import UplinkConfig
+from sync.uplink.factory import build_uplink
+from sync.uplink.sender import BatchUplink
 from tests.conftest import RunningReceiver, start_receiver, stop_receiver
 
 
@@ -71,7 +72,7 @@ async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
     await box.close()
 
 
-def uplink_for(outbox: Outbox, rx: RunningReceiver, **overrides: Any) -> HttpUplink:
+def uplink_for(outbox: Outbox, rx: RunningReceiver, **overrides: Any) -> BatchUplink:
     settings: dict[str, Any] = {
         "url": rx.url,
         "token": SecretStr(rx.tokens["pole-1"]),
@@ -86,10 +87,12 @@ def uplink_for(outbox: Outbox, rx: RunningReceiver, **overrides: Any) -> HttpUpl
     async def status() -> dict[str, Any]:
         return {"backlog": (await outbox.stats()).depth}
 
-    return HttpUplink(outbox, UplinkConfig(**settings), "pole-1", status)
+    uplink = build_uplink(outbox, UplinkConfig(**settings), "pole-1", status)
+    assert isinstance(uplink, BatchUplink)
+    return uplink
 
 
-async def run_until(uplink: HttpUplink, done: Callable[[], Any], timeout: float = 20) -> None:
+async def run_until(uplink: BatchUplink, done: Callable[[], Any], timeout: float = 20) -> None:
     task = asyncio.create_task(uplink.run())
     try:
         deadline = time.monotonic() + timeout
