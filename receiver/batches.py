@@ -1,11 +1,9 @@
-"""``POST /v1/batches``: a pole's events, stored effectively once."""
+"""``POST /v1/batches``: a pole's events over HTTP, stored effectively once."""
 
 from __future__ import annotations
 
-import time
 import zlib
 
-import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.web_protocol import RequestPayloadError
@@ -13,14 +11,12 @@ from aiohttp.web_protocol import RequestPayloadError
 from httpkit.errors import json_response
 from receiver.auth import authenticate
 from receiver.context import Context
-from receiver.policy import refusal
-from sync.protocol import BatchReply, ErrorReply, ProtocolError, Rejection, parse_batch
-
-log = structlog.get_logger("receiver")
+from receiver.ingest import Outcome, ingest_batch, refused
+from sync.protocol import ProtocolError
 
 
-def batch_error(status: int, message: str, rejected: list[Rejection] | None = None) -> web.Response:
-    return json_response(ErrorReply(error=message, rejected=rejected or []), status)
+def answer(outcome: Outcome) -> web.Response:
+    return json_response(outcome.body, outcome.status)
 
 
 class Batches:
@@ -33,47 +29,13 @@ class Batches:
         if isinstance(auth, web.Response):
             ctx.metrics.batches.labels("unauthorized" if auth.status == 401 else "forbidden").inc()
             return auth
+        assert auth.pole_id is not None, "pole tokens always name their pole"
         try:
             document = await self._read_document(request)
-            envelope, events, invalid = parse_batch(document)
         except ProtocolError as exc:
             ctx.metrics.batches.labels("too_large" if exc.status == 413 else "invalid").inc()
-            return batch_error(exc.status, str(exc))
-        if envelope.pole_id != auth.pole_id:
-            ctx.metrics.batches.labels("forbidden").inc()
-            return batch_error(403, f"token belongs to pole {auth.pole_id!r}, not {envelope.pole_id!r}")
-        if invalid:
-            ctx.metrics.batches.labels("invalid").inc()
-            return batch_error(400, f"{len(invalid)} invalid event(s); nothing stored", invalid)
-
-        now = time.time()
-        refused: list[Rejection] = []
-        storable = []
-        for event in events:
-            reason = refusal(event, ctx.policy, now)
-            if reason is None:
-                storable.append(event)
-            else:
-                refused.append(Rejection(id=event.id, reason=reason))
-        status = envelope.status.model_dump(exclude_none=True) if envelope.status else None
-        result = await ctx.store.insert_batch(envelope.pole_id, envelope.batch_id, storable, status, now)
-        ctx.metrics.batches.labels("stored").inc()
-        ctx.metrics.events.labels("accepted").inc(len(result.accepted))
-        ctx.metrics.events.labels("duplicate").inc(len(result.duplicates))
-        ctx.metrics.events.labels("rejected").inc(len(refused))
-        if refused:
-            log.warning(
-                "events_refused_by_policy", pole_id=envelope.pole_id, events=len(refused), first=refused[0].reason
-            )
-        return json_response(
-            BatchReply(
-                accepted=result.accepted,
-                duplicates=result.duplicates,
-                rejected=refused,
-                missing_media=result.missing_media,
-                config_version=ctx.config.config_version,
-            )
-        )
+            return answer(refused(exc.status, str(exc)))
+        return answer(await ingest_batch(ctx, auth.pole_id, document))
 
     async def _read_document(self, request: web.Request) -> bytes:
         """The batch JSON. aiohttp gunzips as it reads and stops at ``client_max_size``
@@ -87,9 +49,8 @@ class Batches:
         try:
             return await request.clone(client_max_size=config.max_decompressed_bytes).read()
         except web.HTTPRequestEntityTooLarge:
-            raise ProtocolError(
-                413, f"batch larger than {config.max_decompressed_bytes} bytes once decompressed"
-            ) from None
+            limit = config.max_decompressed_bytes
+            raise ProtocolError(413, f"batch larger than {limit} bytes once decompressed") from None
         except (ContentEncodingError, RequestPayloadError, zlib.error) as exc:
             encoding = request.headers.get("Content-Encoding", "identity")
             raise ProtocolError(400, f"body cannot be decoded ({encoding}): {exc}") from None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -39,17 +41,23 @@ class Media:
             body = await request.clone(client_max_size=ctx.config.max_media_bytes).read()
         except web.HTTPRequestEntityTooLarge:
             return json_error(413, f"media larger than {ctx.config.max_media_bytes} bytes")
+        status, answer = await self.accept(auth.pole_id or "", sha, body)
+        return json_response(answer, status)
+
+    async def accept(self, pole_id: str, sha: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """Check and store a pole's media file, whichever transport brought it: (HTTP status, body)."""
+        ctx = self.ctx
         if not body.startswith(JPEG_MAGIC):
-            return json_error(415, "body is not a JPEG")
+            return 415, {"error": "body is not a JPEG"}
         if hashlib.sha256(body).hexdigest() != sha:
             ctx.metrics.media.labels("hash_mismatch").inc()
-            return json_error(400, "body does not match its sha256")
+            return 400, {"error": "body does not match its sha256"}
         path = self.path(sha)
         if not path.exists():
-            _write_atomically(path, body)
-        created = await ctx.store.add_media(sha, len(body), auth.pole_id or "", time.time())
+            await asyncio.to_thread(_write_atomically, path, body)
+        created = await ctx.store.add_media(sha, len(body), pole_id, time.time())
         ctx.metrics.media.labels("stored" if created else "duplicate").inc()
-        return json_response({"sha256": sha, "stored": created}, 201 if created else 200)
+        return (201 if created else 200), {"sha256": sha, "stored": created}
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         auth = await authenticate(request, self.ctx.store, "reader")
