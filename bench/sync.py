@@ -1,10 +1,12 @@
 """Drain a 200,000-event backlog from a pole's outbox into a receiver on loopback.
 
-Usage: python bench/sync.py [--backend sqlite|postgres] [--events 200000] [--batch 2000]
+Usage: python bench/sync.py [--backend sqlite|postgres] [--uplink http|mqtt] [--events 200000] [--batch 2000]
 
 The receiver runs as its own process (``smartpole receiver``); this process is the
-gateway: it fills a fresh outbox, then runs the real HTTP uplink until the
-backlog is empty. Afterwards every stored event is counted by the marker it was
+gateway: it fills a fresh outbox, then runs the real uplink until the backlog is
+empty: HTTP straight to the receiver, or MQTT through a Mosquitto process of the
+bench's own (password file and ACL as in config/mosquitto/), which the receiver
+consumes with its shared subscription. Afterwards every stored event is counted by the marker it was
 given, so ``lost`` and ``duplicates`` are measured, not assumed. The last line
 printed is one JSON object.
 """
@@ -37,7 +39,9 @@ from sync.events import NewEvent, Priority  # noqa: E402
 from sync.outbox import Outbox, OutboxConfig  # noqa: E402
 from sync.uplink.base import UplinkConfig  # noqa: E402
 from sync.uplink.factory import build_uplink  # noqa: E402
+from tests.helpers.broker import Broker  # noqa: E402
 
+BROKER_PASSWORD = "bench-receiver-password-0123456789"
 PG_URL = os.environ.get("SMARTPOLE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -88,7 +92,7 @@ async def count_markers(database_url: str) -> tuple[int, int]:
         await store.close()
 
 
-async def run(backend: str, events: int, batch: int, workdir: Path) -> dict[str, Any]:
+async def run(backend: str, uplink_kind: str, events: int, batch: int, workdir: Path) -> dict[str, Any]:
     schema = None
     if backend == "postgres":
         schema = f"bench_{uuid.uuid4().hex[:10]}"
@@ -103,11 +107,15 @@ async def run(backend: str, events: int, batch: int, workdir: Path) -> dict[str,
     )
     token = await service.add_pole(config, "bench-pole")
     conf_file = workdir / "receiver.toml"
-    conf_file.write_text(
-        f'[receiver]\nport = {port}\nmedia_dir = "{workdir / "media"}"\n\n'
-        '[logging]\nlevel = "warning"\nformat = "json"\n'
-    )
+    conf = f'[receiver]\nport = {port}\nmedia_dir = "{workdir / "media"}"\n\n'
+    conf += '[logging]\nlevel = "warning"\nformat = "json"\n'
     env = dict(os.environ, SMARTPOLE_RECEIVER_DATABASE_URL=database_url, PYTHONPATH=str(ROOT))
+    broker = None
+    if uplink_kind == "mqtt":
+        broker = Broker(workdir / "broker", {"bench-pole": token, "receiver": BROKER_PASSWORD}).start()
+        conf += f'\n[mqtt]\nenabled = true\nurl = "{broker.url}"\nclient_id = "bench-receiver"\n'
+        env["SMARTPOLE_MQTT_PASSWORD"] = BROKER_PASSWORD
+    conf_file.write_text(conf)
     receiver = subprocess.Popen(
         [sys.executable, "-m", "smartpole.cli", "receiver", "--config", str(conf_file)], env=env, cwd=workdir
     )
@@ -123,7 +131,8 @@ async def run(backend: str, events: int, batch: int, workdir: Path) -> dict[str,
         uplink = build_uplink(
             outbox,
             UplinkConfig(
-                url=f"http://127.0.0.1:{port}",
+                kind=uplink_kind,
+                url=broker.url if broker is not None else f"http://127.0.0.1:{port}",
                 token=SecretStr(token),
                 max_batch_events=batch,
                 max_batch_bytes=batch * 400,
@@ -157,6 +166,8 @@ async def run(backend: str, events: int, batch: int, workdir: Path) -> dict[str,
     finally:
         receiver.terminate()
         receiver.wait(30)
+        if broker is not None:
+            broker.stop()
     rows, distinct = await count_markers(database_url)
     if schema is not None:
         await admin.execute(f"DROP SCHEMA {schema} CASCADE")
@@ -164,6 +175,7 @@ async def run(backend: str, events: int, batch: int, workdir: Path) -> dict[str,
     return {
         "bench": "sync",
         "backend": backend,
+        "uplink": uplink_kind,
         "events": events,
         "batch_events": batch,
         "fill_s": round(fill_s, 2),
@@ -181,11 +193,12 @@ async def run(backend: str, events: int, batch: int, workdir: Path) -> dict[str,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    ap.add_argument("--uplink", choices=["http", "mqtt"], default="http")
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--batch", type=int, default=2000, help="events per batch")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
-        result = uvloop.run(run(args.backend, args.events, args.batch, Path(tmp)))
+        result = uvloop.run(run(args.backend, args.uplink, args.events, args.batch, Path(tmp)))
     print(__import__("json").dumps(result))
 
 

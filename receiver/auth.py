@@ -1,24 +1,20 @@
-"""Bearer tokens: generated once, shown once, stored only as sha256 hashes; and checking them."""
+"""Bearer tokens: generated once, shown once, stored only as sha256 hashes (``token_hash``); and checking them."""
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 
 from aiohttp import web
 
 from httpkit.errors import json_error
 from receiver.store.base import Store, TokenInfo
+from sync.protocol import token_hash
 
 TOKEN_PREFIX = "spt_"
 
 
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def bearer(request: web.Request) -> str | None:

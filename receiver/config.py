@@ -38,6 +38,46 @@ class ReceiverSection(Strict):
     pool_size: int = Field(8, ge=1, le=64, description="PostgreSQL connections per receiver process.")
 
 
+class MqttSection(Strict):
+    """The MQTT consumer: batches and media that poles publish through a broker."""
+
+    enabled: bool = Field(False, description="Consume poles' batches from the broker beside the HTTP API.")
+    url: str = Field(
+        "mqtt://127.0.0.1:1883", description="The broker: mqtts://HOST[:PORT] (TLS) or mqtt://HOST[:PORT]."
+    )
+    username: str = Field("receiver", min_length=1, description="The receivers' broker account (see the ACL).")
+    password: SecretStr | None = Field(None, description="Its password; SMARTPOLE_MQTT_PASSWORD overrides it.")
+    ca_file: Path | None = Field(None, description="CA certificate (PEM) of the broker; default: the system's CAs.")
+    cert_file: Path | None = Field(None, description="Client certificate (PEM), when the broker asks for one.")
+    key_file: Path | None = Field(None, description="Private key (PEM) of the client certificate.")
+    group: str = Field(
+        "smartpole-receivers",
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="Shared-subscription group: receivers in one group split the poles' messages between them.",
+    )
+    client_id: str | None = Field(
+        None,
+        max_length=64,
+        description="This receiver's client id, stable across restarts so its persistent session (and the "
+        "messages waiting in it) is found again; default: 'smartpole-receiver-<host name>'. Unique per process.",
+    )
+    session_expiry_s: int = Field(
+        60,
+        ge=0,
+        description="How long the broker keeps this receiver's session while it is down. Messages wait in it for "
+        "the receiver to come back (restart it with the same client_id); meanwhile Mosquitto still routes this "
+        "receiver's share of new messages there, and poles resend what gets no reply, so a receiver that is gone "
+        "for good slows delivery until its session expires. Poles resend anyway: nothing is lost either way.",
+    )
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive interval.")
+    max_in_flight: int = Field(
+        32, ge=1, le=1000, description="Messages taken from the broker and not yet acknowledged (handled concurrently)."
+    )
+    max_message_bytes: int = Field(
+        16_000_000, gt=0, description="Largest batch once gunzipped, or media file; larger is refused with a 413 reply."
+    )
+
+
 class ReceiverLogging(Strict):
     """Log output."""
 
@@ -52,4 +92,5 @@ class ReceiverConfig(Strict):
 
     receiver: ReceiverSection = Field(default_factory=ReceiverSection, description="Service and storage.")
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="What the receiver refuses to store.")
+    mqtt: MqttSection = Field(default_factory=MqttSection, description="Batches from poles through an MQTT broker.")
     logging: ReceiverLogging = Field(default_factory=ReceiverLogging, description="Log level and format.")

@@ -32,6 +32,17 @@ class ReceiverMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=self.registry,
         )
+        self.mqtt_messages = Counter(
+            "smartpole_receiver_mqtt_messages_total",
+            "MQTT messages handled by topic kind (batches, media) and the status of the reply.",
+            ["kind", "status"],
+            registry=self.registry,
+        )
+        self.mqtt_in_flight = Gauge(
+            "smartpole_receiver_mqtt_in_flight",
+            "MQTT messages taken from the broker and not yet acknowledged (the consumer's lag).",
+            registry=self.registry,
+        )
         self.poles_online = Gauge(
             "smartpole_receiver_poles_online", "Poles heard from within the online window.", registry=self.registry
         )

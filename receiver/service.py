@@ -11,6 +11,7 @@ from aiohttp import web
 from receiver.app import Receiver
 from receiver.auth import new_token, token_hash
 from receiver.config import ReceiverConfig
+from receiver.mqtt import MqttConsumer
 from receiver.store.factory import open_store
 
 log = structlog.get_logger("receiver")
@@ -28,11 +29,19 @@ async def serve(config: ReceiverConfig, stop: asyncio.Event, on_listening: Calla
         await site.start()
         port = runner.addresses[0][1]
         log.info("receiver_listening", bind=section.bind, port=port, backend=store.backend)
+        consumer = (
+            asyncio.create_task(MqttConsumer(receiver.ctx, receiver.media, config.mqtt).run(), name="mqtt-consumer")
+            if config.mqtt.enabled
+            else None
+        )
         if on_listening is not None:
             on_listening(port)
         try:
             await stop.wait()
         finally:
+            if consumer is not None:
+                consumer.cancel()
+                await asyncio.gather(consumer, return_exceptions=True)
             await runner.cleanup()
     finally:
         await store.close()

@@ -65,11 +65,21 @@ def cmd_receiver(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     action = getattr(args, "action", None)
     if action == "add-pole":
-        print(uvloop.run(service.add_pole(config, args.pole_id)))
+        token = uvloop.run(service.add_pole(config, args.pole_id))
+        print(token)
         print(
             f"pole {args.pole_id}: token above, shown once; set it as SMARTPOLE_UPLINK_TOKEN on the pole",
             file=sys.stderr,
         )
+        if args.mosquitto:
+            from receiver.mosquitto import password_line
+
+            print(password_line(args.pole_id, token))
+            print(
+                "the line above goes in the broker's password_file (the pole logs in with its id and this token); "
+                "reload Mosquitto with SIGHUP",
+                file=sys.stderr,
+            )
         return 0
     if action == "add-reader":
         print(uvloop.run(service.add_reader(config, args.name)))
@@ -162,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     a = actions.add_parser("add-pole", parents=[receiver_config], help="register a pole and print a new token for it")
     a.add_argument("pole_id", metavar="POLE_ID")
+    a.add_argument(
+        "--mosquitto",
+        action="store_true",
+        help="also print the Mosquitto password_file line for the pole (MQTT uplink; the token is its password)",
+    )
     a = actions.add_parser(
         "revoke-pole", parents=[receiver_config], help="revoke every token of a pole (exit 1 if it had none)"
     )

@@ -34,16 +34,23 @@ The same over MQTT v5 (QoS 1, a persistent session on both ends):
   with correlation data ``media:{sha256}``;
 - the receiver answers on the response topic with the body it would answer over HTTP
   plus ``"status"``, the HTTP status it stands for, and the same correlation data.
-  The pole settles a batch only on that reply, never on the broker's PUBACK.
+  The pole settles a batch only on that reply, never on the broker's PUBACK;
+- both directions carry a user property ``smartpole-mac``: HMAC-SHA256 of the
+  correlation data and the payload, keyed by the sha256 of the pole's token (what the
+  receiver stores). The broker's ACL keeps poles apart; the MAC still does when the ACL
+  is wrong, and a revoked token stops a pole's messages without touching the broker.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import hmac
 import math
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
@@ -231,6 +238,15 @@ def parse_batch(document: bytes) -> tuple[BatchEnvelope, list[WireEvent], list[R
     return envelope, events, rejected
 
 
+def broker_address(url: str) -> tuple[str, int, bool]:
+    """Host, port and TLS of ``mqtts://host:port`` or ``mqtt://host:port``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(f"broker URL must be mqtts://HOST[:PORT] or mqtt://HOST[:PORT], not {url!r}")
+    tls = parts.scheme == "mqtts"
+    return parts.hostname, parts.port or (8883 if tls else 1883), tls
+
+
 def batches_topic(pole_id: str) -> str:
     return f"{MQTT_ROOT}/{pole_id}/batches"
 
@@ -286,3 +302,25 @@ def read_mqtt_reply(payload: bytes) -> tuple[int, bytes]:
     if not isinstance(status, int) or isinstance(status, bool):
         return 502, payload
     return status, payload
+
+
+MAC_PROPERTY = "smartpole-mac"
+
+
+def token_hash(token: str) -> str:
+    """What the receiver stores of a bearer token, and the key of a pole's MQTT messages."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def message_mac(key: str, correlation: bytes, payload: bytes) -> str:
+    """The ``smartpole-mac`` of an MQTT message; ``key`` is a token hash."""
+    mac = hmac.new(bytes.fromhex(key), len(correlation).to_bytes(2, "big") + correlation, hashlib.sha256)
+    mac.update(payload)
+    return mac.hexdigest()
+
+
+def mac_matches(keys: list[str], correlation: bytes, payload: bytes, mac: str | None) -> bool:
+    """True if ``mac`` was made with one of ``keys`` (a pole may hold several tokens)."""
+    if not mac:
+        return False
+    return any(hmac.compare_digest(message_mac(key, correlation, payload), mac) for key in keys)

@@ -136,6 +136,15 @@ class PostgresStore:
         )
         return None if row is None else TokenInfo(row[0], row[1], row[2], row[3] is not None)
 
+    async def pole_keys(self, pole_id: str) -> list[str]:
+        try:
+            rows = await self._pool.fetch(
+                "SELECT token_hash FROM tokens WHERE pole_id = $1 AND role = 'pole' AND revoked_at IS NULL", pole_id
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(str(exc)) from exc
+        return [str(r[0]) for r in rows]
+
     async def add_token(self, token_hash: str, role: str, pole_id: str | None, name: str | None) -> None:
         now = time.time()
         async with self._pool.acquire() as conn, conn.transaction():

@@ -143,6 +143,12 @@ class SqliteStore:
         ).fetchone()
         return None if row is None else TokenInfo(row[0], row[1], row[2], row[3] is not None)
 
+    async def pole_keys(self, pole_id: str) -> list[str]:
+        rows = await self._reader.execute_fetchall(
+            "SELECT token_hash FROM tokens WHERE pole_id = ? AND role = 'pole' AND revoked_at IS NULL", (pole_id,)
+        )
+        return [str(r[0]) for r in rows]
+
     async def add_token(self, token_hash: str, role: str, pole_id: str | None, name: str | None) -> None:
         now = time.time()
         async with self._transaction() as db:

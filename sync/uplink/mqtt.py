@@ -19,7 +19,6 @@ import contextlib
 import ssl
 from types import TracebackType
 from typing import Self
-from urllib.parse import urlsplit
 
 import aiomqtt
 import structlog
@@ -27,7 +26,18 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from sync.protocol import batches_topic, media_correlation, media_topic, read_mqtt_reply, replies_topic
+from sync.protocol import (
+    MAC_PROPERTY,
+    batches_topic,
+    broker_address,
+    mac_matches,
+    media_correlation,
+    media_topic,
+    message_mac,
+    read_mqtt_reply,
+    replies_topic,
+    token_hash,
+)
 from sync.uplink.base import UplinkConfig
 from sync.uplink.http import HttpTransport
 from sync.uplink.transport import Answer, CredentialsRefused, TransportError
@@ -36,15 +46,6 @@ log = structlog.get_logger("uplink")
 
 # CONNACK reason codes that mean our credentials, not the network, are the problem.
 _REFUSED = {134, 135, 0x04, 0x05}  # v5: bad user name or password, not authorized; v3: the same two
-
-
-def broker_address(url: str) -> tuple[str, int, bool]:
-    """Host, port and TLS of ``mqtts://host:port`` or ``mqtt://host:port``."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError(f"broker URL must be mqtts://HOST[:PORT] or mqtt://HOST[:PORT], not {url!r}")
-    tls = parts.scheme == "mqtts"
-    return parts.hostname, parts.port or (8883 if tls else 1883), tls
 
 
 class MqttTransport:
@@ -56,6 +57,8 @@ class MqttTransport:
         self.host, self.port, self.tls = broker_address(config.url)
         secret = config.password or config.token
         self._password = secret.get_secret_value() if secret is not None else None
+        # Messages are signed with the token's hash, which is what the receiver holds of it.
+        self._key = token_hash(config.token.get_secret_value()) if config.token is not None else None
         self._replies_topic = replies_topic(pole_id)
         self._waiting: dict[bytes, asyncio.Future[Answer]] = {}
         self._client: aiomqtt.Client | None = None
@@ -133,11 +136,17 @@ class MqttTransport:
     async def _read_replies(self, client: aiomqtt.Client) -> None:
         try:
             async for message in client.messages:
-                correlation = getattr(message.properties, "CorrelationData", None) if message.properties else None
-                waiter = self._waiting.pop(bytes(correlation), None) if correlation else None
-                if waiter is not None and not waiter.done():
-                    payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-                    waiter.set_result(Answer(*read_mqtt_reply(payload)))
+                properties = message.properties
+                correlation = bytes(getattr(properties, "CorrelationData", b"") or b"")
+                payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+                mac = dict(getattr(properties, "UserProperty", None) or []).get(MAC_PROPERTY)
+                if self._key is not None and mac_matches([self._key], correlation, payload, mac):
+                    waiter = self._waiting.pop(correlation, None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(Answer(*read_mqtt_reply(payload)))
+                elif correlation in self._waiting:
+                    # Only a receiver holding our token's hash can sign; anything else must not settle a batch.
+                    log.warning("uplink_mqtt_unsigned_reply", topic=str(message.topic))
         except aiomqtt.MqttError as exc:
             log.warning("uplink_mqtt_disconnected", error=str(exc))
             if self._client is client:
@@ -172,6 +181,8 @@ class MqttTransport:
         properties = Properties(PacketTypes.PUBLISH)
         properties.ResponseTopic = self._replies_topic
         properties.CorrelationData = correlation
+        if self._key is not None:
+            properties.UserProperty = (MAC_PROPERTY, message_mac(self._key, correlation, payload))
         answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         previous = self._waiting.get(correlation)
         if previous is not None and not previous.done():
