@@ -459,3 +459,45 @@ def test_the_example_broker_config_runs_with_tls_passwords_and_the_acl(tmp_path:
     finally:
         broker.terminate()
         broker.wait(10)
+
+
+async def test_an_unreadable_message_gets_a_reply_naming_why_and_the_consumer_carries_on(tmp_path: Path) -> None:
+    async with rig(f"sqlite:///{tmp_path / 'rx.db'}", tmp_path) as r:
+        r.start_consumer()
+        await r.connected()
+        token = r.rx.tokens["pole-1"]
+        key = token_hash(token)
+        replies: list[dict[str, object]] = []
+        async with aiomqtt.Client(
+            "127.0.0.1",
+            r.broker.port,
+            username="pole-1",
+            password=token,
+            identifier="pole-1-raw",
+            protocol=aiomqtt.ProtocolVersion.V5,
+        ) as pole:
+            await pole.subscribe("smartpole/v1/pole-1/replies", qos=1)
+            bad = {
+                b"not-json": b"this is not json",
+                b"bomb": compress(b"[" * 1000 + b"]" * 1000),
+                b"not-gzip": b"\x1f\x8b\x08\x00garbage",
+            }
+            for correlation, payload in bad.items():
+                properties = Properties(PacketTypes.PUBLISH)
+                properties.CorrelationData = correlation
+                properties.UserProperty = (MAC_PROPERTY, message_mac(key, correlation, payload))
+                await pole.publish(batches_topic("pole-1"), payload, qos=1, properties=properties)
+            async with asyncio.timeout(10):
+                async for message in pole.messages:
+                    replies.append(orjson.loads(message.payload))  # type: ignore[arg-type]
+                    if len(replies) == len(bad):
+                        break
+        assert sorted(reply["status"] for reply in replies) == [400, 400, 400]  # type: ignore[type-var]
+        assert all(reply["error"] for reply in replies)
+        outbox = await Outbox.open(tmp_path / "outbox.db")
+        try:
+            sent = await fill(outbox, 3)
+            await drain(r.uplink(outbox), outbox)
+            assert sorted(await stored_ids(r)) == sorted(sent), "the consumer still works"
+        finally:
+            await outbox.close()
