@@ -135,8 +135,10 @@ class Daemon:
 
     def _register_routes(self, sink: RecordingSink) -> None:
         app = self.server.app
+        http = self.config.http
         app.router.add_post(
-            "/v1/events", make_ingest_handler(sink, self.location, self.config.http.max_events_per_request)
+            "/v1/events",
+            make_ingest_handler(sink, self.location, http.max_events_per_request, http.max_future_s, http.max_past_s),
         )
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics_page)

@@ -35,7 +35,7 @@ class Batches:
             return auth
         try:
             document = await self._read_document(request)
-            envelope, events, invalid = parse_batch(document)
+            envelope, events, invalid, dropped_status = parse_batch(document)
         except ProtocolError as exc:
             ctx.metrics.batches.labels("too_large" if exc.status == 413 else "invalid").inc()
             return batch_error(exc.status, str(exc))
@@ -46,6 +46,8 @@ class Batches:
             ctx.metrics.batches.labels("invalid").inc()
             return batch_error(400, f"{len(invalid)} invalid event(s); nothing stored", invalid)
 
+        if dropped_status is not None:
+            log.warning("status_block_dropped", pole_id=envelope.pole_id, reason=dropped_status)
         now = time.time()
         refused: list[Rejection] = []
         storable = []
@@ -60,16 +62,23 @@ class Batches:
         ctx.metrics.batches.labels("stored").inc()
         ctx.metrics.events.labels("accepted").inc(len(result.accepted))
         ctx.metrics.events.labels("duplicate").inc(len(result.duplicates))
-        ctx.metrics.events.labels("rejected").inc(len(refused))
+        ctx.metrics.events.labels("rejected").inc(len(refused) + len(result.rejected))
         if refused:
             log.warning(
                 "events_refused_by_policy", pole_id=envelope.pole_id, events=len(refused), first=refused[0].reason
+            )
+        if result.rejected:
+            log.warning(
+                "events_refused_by_database",
+                pole_id=envelope.pole_id,
+                events=len(result.rejected),
+                first=result.rejected[0].reason,
             )
         return json_response(
             BatchReply(
                 accepted=result.accepted,
                 duplicates=result.duplicates,
-                rejected=refused,
+                rejected=refused + result.rejected,
                 missing_media=result.missing_media,
                 config_version=ctx.config.config_version,
             )

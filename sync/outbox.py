@@ -45,6 +45,7 @@ import structlog
 import uuid_utils
 from pydantic import BaseModel, ConfigDict, Field
 
+from sync import limits
 from sync.events import Accepted, NewEvent, Priority
 
 log = structlog.get_logger("outbox")
@@ -271,7 +272,9 @@ def _encode(event: NewEvent) -> _Pending:
             }
         )
     except TypeError as exc:
+        limits.check_value(event.data)  # names the field when a storable-value rule is what broke
         raise ValueError(f"event data is not JSON-serialisable: {exc}") from None
+    limits.check_event(event.ts, event.data, encoded)  # nothing the receiver cannot store is committed
     rest = encoded[1:].decode()  # without its opening brace: the writer puts id and seq first
     return _Pending(str(uuid_utils.uuid7()), priority, kind, rest, len(rest) + _ROW_OVERHEAD + media_bytes, media, refs)
 

@@ -185,7 +185,8 @@ async def test_event_too_large_for_receiver_is_isolated(tmp_path: Path, outbox: 
     try:
         await rx.add_pole("pole-1")
         small = [await outbox.put(NewEvent("reading", {"i": i, "pad": "y" * 2000})) for i in range(12)]
-        huge = await outbox.put(NewEvent("reading", {"pad": os.urandom(40_000).hex()}))
+        # Within what any receiver stores (sync.limits.MAX_DATA_BYTES), beyond what this one takes.
+        huge = await outbox.put(NewEvent("reading", {"pad": os.urandom(27_500).hex()}))
         await run_until(uplink_for(outbox, rx), drained(outbox))
         assert sorted(e["id"] for e in await rx.all_events()) == sorted(r.id for r in small)
         (dead,) = await outbox.dead_letters()

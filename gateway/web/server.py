@@ -35,6 +35,15 @@ class HttpConfig(BaseModel):
         "SMARTPOLE_HTTP_INGEST_TOKEN overrides it.",
     )
     session_hours: float = Field(8.0, gt=0, le=168, description="How long a technician stays logged in.")
+    max_future_s: float = Field(
+        86_400.0, gt=0, description="POST /v1/events refuses a ts further than this many seconds in the future."
+    )
+    max_past_s: float = Field(
+        30 * 86_400.0,
+        gt=0,
+        description="POST /v1/events refuses a ts further than this many seconds in the past "
+        "(default: the longest outbox TTL).",
+    )
 
     @field_validator("password_hash")
     @classmethod

@@ -4,14 +4,20 @@ Effectively-once delivery rests on one unique key, (pole id, event id): a
 replayed batch inserts nothing new and its events come back as duplicates.
 A batch is stored in one transaction together with the pole's last-seen
 time and status, so a reply never claims more than the database holds.
+
+Errors are of two kinds. A *data* error (the database refuses a value of one
+event) costs that event alone: the batch is written one event at a time to find
+which, and those come back in ``InsertResult.rejected`` for the pole to
+dead-letter. Anything else (connection lost, database down) is a
+:class:`StoreError`, answered 503: the pole retries the batch later.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sync.protocol import WireEvent
+from sync.protocol import Rejection, WireEvent
 
 # Schema migrations are numbered; each backend lists its own statements per version.
 SCHEMA_VERSION = 1
@@ -30,6 +36,7 @@ class InsertResult:
     accepted: list[str]
     duplicates: list[str]
     missing_media: list[str]
+    rejected: list[Rejection] = field(default_factory=list)  # events the database refused (a data error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +77,12 @@ class PoleState:
 
 class StoreError(Exception):
     """The store cannot serve right now (database down); callers answer 503."""
+
+
+def refused_by_database(exc: BaseException) -> str:
+    """The reason given to a pole for an event its database refused: the error's class and first line."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"the database refused this event ({type(exc).__name__}: {first[:200]})"
 
 
 class Store(Protocol):

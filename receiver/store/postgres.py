@@ -22,8 +22,14 @@ from receiver.store.base import (
     TokenInfo,
     event_row,
     public_event,
+    refused_by_database,
 )
-from sync.protocol import WireEvent
+from sync.protocol import Rejection, WireEvent
+
+# Errors in the values of one event (class 22, "data exception": NUL in text, bigint overflow...,
+# and class 54, "program limit exceeded": a value too deep or too large); all else is unavailability.
+_DATA_ERRORS = (asyncpg.DataError, asyncpg.ProgramLimitExceededError)
+_UNAVAILABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 # Any constant: replicas starting together serialise their migrations on it.
 _MIGRATION_LOCK = 0x5350_0001
@@ -161,39 +167,57 @@ class PostgresStore:
     async def insert_batch(
         self, pole_id: str, batch_id: str, events: list[WireEvent], status: dict[str, Any] | None, now: float
     ) -> InsertResult:
-        columns: list[list[Any]] = [[] for _ in range(10)]
-        for e in events:
-            values = (*event_row(e), orjson.dumps(e.data).decode(), orjson.dumps(e.media).decode())
-            for column, value in zip(columns, values, strict=True):
-                column.append(value)
-        shas = sorted({sha for e in events for sha in e.media})
+        rows = [(*event_row(e), orjson.dumps(e.data).decode(), orjson.dumps(e.media).decode()) for e in events]
+        rejected: list[Rejection] = []
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                inserted = (
-                    {r[0] for r in await conn.fetch(_INSERT, pole_id, now, batch_id, *columns)} if events else set()
-                )
+                try:
+                    async with conn.transaction():  # a savepoint: the common case is this one statement
+                        inserted = await self._insert(conn, pole_id, batch_id, now, rows)
+                except _DATA_ERRORS:
+                    inserted = set()
+                    for event, row in zip(events, rows, strict=True):
+                        try:
+                            async with conn.transaction():
+                                inserted |= await self._insert(conn, pole_id, batch_id, now, [row])
+                        except _DATA_ERRORS as exc:
+                            rejected.append(Rejection(id=event.id, reason=refused_by_database(exc)))
+                refused = {r.id for r in rejected}
+                kept = [e for e in events if e.id not in refused]
                 await conn.execute(
                     "UPDATE poles SET last_seen = $2, last_batch_id = $3, max_seq = greatest(max_seq, $4),"
                     " events_total = events_total + $5, status = coalesce($6::jsonb, status) WHERE pole_id = $1",
                     pole_id,
                     now,
                     batch_id,
-                    max((e.seq for e in events), default=0),
+                    max((e.seq for e in kept), default=0),
                     len(inserted),
                     status,
                 )
+                shas = sorted({sha for e in kept for sha in e.media})
                 have = (
                     {r[0] for r in await conn.fetch("SELECT sha256 FROM media WHERE sha256 = any($1::text[])", shas)}
                     if shas
                     else set()
                 )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
         return InsertResult(
-            accepted=[e.id for e in events if e.id in inserted],
-            duplicates=[e.id for e in events if e.id not in inserted],
+            accepted=[e.id for e in kept if e.id in inserted],
+            duplicates=[e.id for e in kept if e.id not in inserted],
             missing_media=[s for s in shas if s not in have],
+            rejected=rejected,
         )
+
+    @staticmethod
+    async def _insert(
+        conn: asyncpg.Connection, pole_id: str, batch_id: str, now: float, rows: list[tuple[Any, ...]]
+    ) -> set[str]:
+        """Insert ``rows`` in one statement; the ids that were new."""
+        if not rows:
+            return set()
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        return {r[0] for r in await conn.fetch(_INSERT, pole_id, now, batch_id, *columns)}
 
     async def add_media(self, sha256: str, size: int, pole_id: str, now: float) -> bool:
         result = await self._pool.execute(

@@ -22,8 +22,13 @@ from receiver.store.base import (
     TokenInfo,
     event_row,
     public_event,
+    refused_by_database,
 )
-from sync.protocol import WireEvent
+from sync.protocol import Rejection, WireEvent
+
+# A value of one event that SQLite (or its Python binding) refuses: an integer beyond 64 bits, text
+# that is not UTF-8, a constraint. Anything else is the database being unavailable.
+_DATA_ERRORS = (OverflowError, UnicodeEncodeError, sqlite3.DataError, sqlite3.IntegrityError)
 
 _CHUNK = 500
 
@@ -78,6 +83,18 @@ _INSERT = (
     "INSERT INTO events (event_id, seq, ts, type, priority, lat, lon, location_source,"
     " data, media, pole_id, received_at, batch_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+
+
+async def _insert_in_savepoint(db: aiosqlite.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert event rows so that a failure undoes them alone, not the transaction around them."""
+    await db.execute("SAVEPOINT one")
+    try:
+        await db.executemany(_INSERT, rows)
+    except BaseException:
+        await db.execute("ROLLBACK TO one")
+        await db.execute("RELEASE one")
+        raise
+    await db.execute("RELEASE one")
 
 
 class SqliteStore:
@@ -163,6 +180,7 @@ class SqliteStore:
     async def insert_batch(
         self, pole_id: str, batch_id: str, events: list[WireEvent], status: dict[str, Any] | None, now: float
     ) -> InsertResult:
+        rejected: list[Rejection] = []
         try:
             async with self._transaction() as db:
                 existing: set[str] = set()
@@ -174,33 +192,41 @@ class SqliteStore:
                     )
                     existing.update(r[0] for r in rows)
                 fresh = [e for e in events if e.id not in existing]
-                await db.executemany(
-                    _INSERT,
-                    [
-                        (
-                            *event_row(e),
-                            orjson.dumps(e.data).decode(),
-                            orjson.dumps(e.media).decode(),
-                            pole_id,
-                            now,
-                            batch_id,
-                        )
-                        for e in fresh
-                    ],
-                )
+                params = [
+                    (
+                        *event_row(e),
+                        orjson.dumps(e.data).decode(),
+                        orjson.dumps(e.media).decode(),
+                        pole_id,
+                        now,
+                        batch_id,
+                    )
+                    for e in fresh
+                ]
+                try:
+                    await _insert_in_savepoint(db, params)
+                except _DATA_ERRORS:
+                    for event, row in zip(fresh, params, strict=True):
+                        try:
+                            await _insert_in_savepoint(db, [row])
+                        except _DATA_ERRORS as exc:
+                            rejected.append(Rejection(id=event.id, reason=refused_by_database(exc)))
+                refused = {r.id for r in rejected}
+                fresh = [e for e in fresh if e.id not in refused]
+                kept = [e for e in events if e.id not in refused]
                 await db.execute(
                     "UPDATE poles SET last_seen = ?, last_batch_id = ?, max_seq = max(max_seq, ?),"
                     " events_total = events_total + ?, status = coalesce(?, status) WHERE pole_id = ?",
                     (
                         now,
                         batch_id,
-                        max((e.seq for e in events), default=0),
+                        max((e.seq for e in kept), default=0),
                         len(fresh),
                         orjson.dumps(status).decode() if status is not None else None,
                         pole_id,
                     ),
                 )
-                shas = sorted({sha for e in events for sha in e.media})
+                shas = sorted({sha for e in kept for sha in e.media})
                 have: set[str] = set()
                 if shas:
                     marks = ",".join("?" * len(shas))
@@ -210,8 +236,9 @@ class SqliteStore:
             raise StoreError(str(exc)) from exc
         return InsertResult(
             accepted=[e.id for e in fresh],
-            duplicates=[e.id for e in events if e.id in existing],
+            duplicates=[e.id for e in kept if e.id in existing],
             missing_media=[s for s in shas if s not in have],
+            rejected=rejected,
         )
 
     async def add_media(self, sha256: str, size: int, pole_id: str, now: float) -> bool:
