@@ -1,0 +1,76 @@
+"""Bad input to the receiver is a 4xx naming what was wrong, the same on both backends: never a 500."""
+
+from __future__ import annotations
+
+import gzip
+import time
+
+import aiohttp
+import pytest
+import uuid_utils
+
+from sync.protocol import encode_batch
+from tests.conftest import RunningReceiver
+
+BAD_QUERIES = [
+    ({"cursor": str(2**63)}, "cursor"),
+    ({"cursor": str(2**64 + 5)}, "cursor"),
+    ({"cursor": "-1"}, "cursor"),
+    ({"limit": str(2**70)}, "limit"),
+    ({"pole": "pole\u00001"}, "pole"),
+    ({"type": "a\u0000"}, "type"),
+    ({"until": "nan"}, "until"),
+    ({"since": "NaN"}, "since"),
+    ({"since": "inf"}, "since"),
+    ({"until": "1e400"}, "until"),
+    ({"since": "soon"}, "since"),
+    ({"pole": "p" * 300}, "pole"),
+]
+
+
+@pytest.mark.parametrize("params, name", BAD_QUERIES, ids=[f"{n}={list(p.values())[0][:20]!r}" for p, n in BAD_QUERIES])
+async def test_bad_query_parameters_are_a_400_naming_the_parameter(
+    receiver: RunningReceiver, params: dict[str, str], name: str
+) -> None:
+    reader = await receiver.add_reader()
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {reader}"}) as s,
+        s.get(receiver.url + "/v1/events", params=params) as r,
+    ):
+        body = await r.json(content_type=None)
+        assert r.status == 400, body
+        assert body["error"].startswith(f"{name}: "), body
+
+
+async def test_a_good_cursor_at_the_top_of_the_range_is_an_empty_page(receiver: RunningReceiver) -> None:
+    reader = await receiver.add_reader()
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {reader}"}) as s,
+        s.get(receiver.url + "/v1/events", params={"cursor": str(2**63 - 1), "until": "1e300"}) as r,
+    ):
+        assert r.status == 200
+        assert await r.json() == {"events": [], "next_cursor": None}
+
+
+def _raw_batch(events_json: str) -> bytes:
+    return gzip.compress(encode_batch("pole-1", str(uuid_utils.uuid7()), time.time(), [events_json], None))
+
+
+@pytest.mark.parametrize("depth", [300, 2000], ids=["deeper than orjson writes", "deeper than orjson reads"])
+async def test_deeply_nested_json_is_a_400(receiver: RunningReceiver, depth: int) -> None:
+    body = (
+        f'{{"id":"{uuid_utils.uuid7()}","seq":1,"ts":{time.time()},"type":"x","priority":"event",'
+        f'"location":null,"data":{{"d":{"[" * depth}1{"]" * depth}}},"media":[]}}'
+    )
+    headers = {
+        "Content-Type": "application/json",
+        "Content-Encoding": "gzip",
+        "Authorization": f"Bearer {receiver.tokens['pole-1']}",
+    }
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(receiver.url + "/v1/batches", data=_raw_batch(body), headers=headers) as r,
+    ):
+        reply = await r.json(content_type=None)
+        assert r.status == 400, reply
+    assert await receiver.all_events() == []
