@@ -7,7 +7,9 @@ replicas receiving the same replay cannot both count it as accepted.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -29,7 +31,17 @@ from sync.protocol import Rejection, WireEvent
 # Errors in the values of one event (class 22, "data exception": NUL in text, bigint overflow...,
 # and class 54, "program limit exceeded": a value too deep or too large); all else is unavailability.
 _DATA_ERRORS = (asyncpg.DataError, asyncpg.ProgramLimitExceededError)
-_UNAVAILABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+@contextlib.contextmanager
+def _available() -> Iterator[None]:
+    """Any database error inside becomes a :class:`StoreError`: the caller answers 503, logs no traceback."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise StoreError(str(exc)) from exc
+
 
 # Any constant: replicas starting together serialise their migrations on it.
 _MIGRATION_LOCK = 0x5350_0001
@@ -137,32 +149,35 @@ class PostgresStore:
             raise StoreError(str(exc)) from exc
 
     async def lookup_token(self, token_hash: str) -> TokenInfo | None:
-        row = await self._pool.fetchrow(
-            "SELECT role, pole_id, name, revoked_at FROM tokens WHERE token_hash = $1", token_hash
-        )
-        return None if row is None else TokenInfo(row[0], row[1], row[2], row[3] is not None)
+        with _available():
+            row = await self._pool.fetchrow(
+                "SELECT role, pole_id, name, revoked_at FROM tokens WHERE token_hash = $1", token_hash
+            )
+            return None if row is None else TokenInfo(row[0], row[1], row[2], row[3] is not None)
 
     async def add_token(self, token_hash: str, role: str, pole_id: str | None, name: str | None) -> None:
-        now = time.time()
-        async with self._pool.acquire() as conn, conn.transaction():
-            if pole_id is not None:
+        with _available():
+            now = time.time()
+            async with self._pool.acquire() as conn, conn.transaction():
+                if pole_id is not None:
+                    await conn.execute(
+                        "INSERT INTO poles (pole_id, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING", pole_id, now
+                    )
                 await conn.execute(
-                    "INSERT INTO poles (pole_id, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING", pole_id, now
+                    "INSERT INTO tokens (token_hash, role, pole_id, name, created_at) VALUES ($1, $2, $3, $4, $5)",
+                    token_hash,
+                    role,
+                    pole_id,
+                    name,
+                    now,
                 )
-            await conn.execute(
-                "INSERT INTO tokens (token_hash, role, pole_id, name, created_at) VALUES ($1, $2, $3, $4, $5)",
-                token_hash,
-                role,
-                pole_id,
-                name,
-                now,
-            )
 
     async def revoke_pole(self, pole_id: str) -> int:
-        result = await self._pool.execute(
-            "UPDATE tokens SET revoked_at = $1 WHERE pole_id = $2 AND revoked_at IS NULL", time.time(), pole_id
-        )
-        return int(result.split()[-1])
+        with _available():
+            result = await self._pool.execute(
+                "UPDATE tokens SET revoked_at = $1 WHERE pole_id = $2 AND revoked_at IS NULL", time.time(), pole_id
+            )
+            return int(result.split()[-1])
 
     async def insert_batch(
         self, pole_id: str, batch_id: str, events: list[WireEvent], status: dict[str, Any] | None, now: float
@@ -220,37 +235,42 @@ class PostgresStore:
         return {r[0] for r in await conn.fetch(_INSERT, pole_id, now, batch_id, *columns)}
 
     async def add_media(self, sha256: str, size: int, pole_id: str, now: float) -> bool:
-        result = await self._pool.execute(
-            "INSERT INTO media (sha256, size, pole_id, stored_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            sha256,
-            size,
-            pole_id,
-            now,
-        )
-        return result.endswith(" 1")
+        with _available():
+            result = await self._pool.execute(
+                "INSERT INTO media (sha256, size, pole_id, stored_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                sha256,
+                size,
+                pole_id,
+                now,
+            )
+            return result.endswith(" 1")
 
     async def has_media(self, sha256: str) -> bool:
-        return await self._pool.fetchval("SELECT 1 FROM media WHERE sha256 = $1", sha256) is not None
+        with _available():
+            return await self._pool.fetchval("SELECT 1 FROM media WHERE sha256 = $1", sha256) is not None
 
     async def query_events(self, query: EventQuery) -> EventPage:
-        conditions = query.conditions()
-        where = [sql.format(f"${i}") for i, (sql, _) in enumerate(conditions, 1)]
-        params: list[Any] = [value for _, value in conditions]
-        params.append(query.limit + 1)
-        rows = await self._pool.fetch(
-            "SELECT n, pole_id, event_id::text, seq, ts, type, priority, lat, lon, location_source, data, media,"
-            f" received_at FROM events WHERE {' AND '.join(where)} ORDER BY n LIMIT ${len(params)}",
-            *params,
-        )
-        more = len(rows) > query.limit
-        rows = rows[: query.limit]
-        return EventPage([public_event(*r[1:]) for r in rows], rows[-1][0] if more else None)
+        with _available():
+            conditions = query.conditions()
+            where = [sql.format(f"${i}") for i, (sql, _) in enumerate(conditions, 1)]
+            params: list[Any] = [value for _, value in conditions]
+            params.append(query.limit + 1)
+            rows = await self._pool.fetch(
+                "SELECT n, pole_id, event_id::text, seq, ts, type, priority, lat, lon, location_source, data, media,"
+                f" received_at FROM events WHERE {' AND '.join(where)} ORDER BY n LIMIT ${len(params)}",
+                *params,
+            )
+            more = len(rows) > query.limit
+            rows = rows[: query.limit]
+            return EventPage([public_event(*r[1:]) for r in rows], rows[-1][0] if more else None)
 
     async def poles(self) -> list[PoleState]:
-        rows = await self._pool.fetch(
-            "SELECT pole_id, last_seen, max_seq, events_total, status FROM poles ORDER BY pole_id"
-        )
-        return [PoleState(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        with _available():
+            rows = await self._pool.fetch(
+                "SELECT pole_id, last_seen, max_seq, events_total, status FROM poles ORDER BY pole_id"
+            )
+            return [PoleState(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
     async def count_online(self, since: float) -> int:
-        return int(await self._pool.fetchval("SELECT count(*) FROM poles WHERE last_seen >= $1", since))
+        with _available():
+            return int(await self._pool.fetchval("SELECT count(*) FROM poles WHERE last_seen >= $1", since))

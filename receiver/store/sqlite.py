@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,15 @@ async def _insert_in_savepoint(db: aiosqlite.Connection, rows: list[tuple[Any, .
     await db.execute("RELEASE one")
 
 
+@contextlib.contextmanager
+def _available() -> Iterator[None]:
+    """Any database error inside becomes a :class:`StoreError`: the caller answers 503, logs no traceback."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreError(str(exc)) from exc
+
+
 class SqliteStore:
     """One writer connection (serialised by a lock) and one reader connection."""
 
@@ -153,29 +162,32 @@ class SqliteStore:
             raise StoreError(str(exc)) from exc
 
     async def lookup_token(self, token_hash: str) -> TokenInfo | None:
-        row = await (
-            await self._reader.execute(
-                "SELECT role, pole_id, name, revoked_at FROM tokens WHERE token_hash = ?", (token_hash,)
-            )
-        ).fetchone()
-        return None if row is None else TokenInfo(row[0], row[1], row[2], row[3] is not None)
+        with _available():
+            row = await (
+                await self._reader.execute(
+                    "SELECT role, pole_id, name, revoked_at FROM tokens WHERE token_hash = ?", (token_hash,)
+                )
+            ).fetchone()
+            return None if row is None else TokenInfo(row[0], row[1], row[2], row[3] is not None)
 
     async def add_token(self, token_hash: str, role: str, pole_id: str | None, name: str | None) -> None:
-        now = time.time()
-        async with self._transaction() as db:
-            if pole_id is not None:
-                await db.execute("INSERT OR IGNORE INTO poles (pole_id, created_at) VALUES (?, ?)", (pole_id, now))
-            await db.execute(
-                "INSERT INTO tokens (token_hash, role, pole_id, name, created_at) VALUES (?, ?, ?, ?, ?)",
-                (token_hash, role, pole_id, name, now),
-            )
+        with _available():
+            now = time.time()
+            async with self._transaction() as db:
+                if pole_id is not None:
+                    await db.execute("INSERT OR IGNORE INTO poles (pole_id, created_at) VALUES (?, ?)", (pole_id, now))
+                await db.execute(
+                    "INSERT INTO tokens (token_hash, role, pole_id, name, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (token_hash, role, pole_id, name, now),
+                )
 
     async def revoke_pole(self, pole_id: str) -> int:
-        async with self._transaction() as db:
-            cur = await db.execute(
-                "UPDATE tokens SET revoked_at = ? WHERE pole_id = ? AND revoked_at IS NULL", (time.time(), pole_id)
-            )
-            return cur.rowcount
+        with _available():
+            async with self._transaction() as db:
+                cur = await db.execute(
+                    "UPDATE tokens SET revoked_at = ? WHERE pole_id = ? AND revoked_at IS NULL", (time.time(), pole_id)
+                )
+                return cur.rowcount
 
     async def insert_batch(
         self, pole_id: str, batch_id: str, events: list[WireEvent], status: dict[str, Any] | None, now: float
@@ -242,44 +254,51 @@ class SqliteStore:
         )
 
     async def add_media(self, sha256: str, size: int, pole_id: str, now: float) -> bool:
-        async with self._transaction() as db:
-            cur = await db.execute(
-                "INSERT OR IGNORE INTO media (sha256, size, pole_id, stored_at) VALUES (?, ?, ?, ?)",
-                (sha256, size, pole_id, now),
-            )
-            return cur.rowcount == 1
+        with _available():
+            async with self._transaction() as db:
+                cur = await db.execute(
+                    "INSERT OR IGNORE INTO media (sha256, size, pole_id, stored_at) VALUES (?, ?, ?, ?)",
+                    (sha256, size, pole_id, now),
+                )
+                return cur.rowcount == 1
 
     async def has_media(self, sha256: str) -> bool:
-        row = await (await self._reader.execute("SELECT 1 FROM media WHERE sha256 = ?", (sha256,))).fetchone()
-        return row is not None
+        with _available():
+            row = await (await self._reader.execute("SELECT 1 FROM media WHERE sha256 = ?", (sha256,))).fetchone()
+            return row is not None
 
     async def query_events(self, query: EventQuery) -> EventPage:
-        conditions = query.conditions()
-        where = [sql.format("?") for sql, _ in conditions]
-        params: list[Any] = [value for _, value in conditions]
-        rows = list(
-            await self._reader.execute_fetchall(
-                "SELECT n, pole_id, event_id, seq, ts, type, priority, lat, lon, location_source, data, media,"
-                f" received_at FROM events WHERE {' AND '.join(where)} ORDER BY n LIMIT ?",
-                (*params, query.limit + 1),
+        with _available():
+            conditions = query.conditions()
+            where = [sql.format("?") for sql, _ in conditions]
+            params: list[Any] = [value for _, value in conditions]
+            rows = list(
+                await self._reader.execute_fetchall(
+                    "SELECT n, pole_id, event_id, seq, ts, type, priority, lat, lon, location_source, data, media,"
+                    f" received_at FROM events WHERE {' AND '.join(where)} ORDER BY n LIMIT ?",
+                    (*params, query.limit + 1),
+                )
             )
-        )
-        more = len(rows) > query.limit
-        rows = rows[: query.limit]
-        events = [
-            public_event(
-                pole, event_id, seq, ts, type_, prio, lat, lon, src, orjson.loads(data), orjson.loads(media), at
-            )
-            for _, pole, event_id, seq, ts, type_, prio, lat, lon, src, data, media, at in rows
-        ]
-        return EventPage(events, rows[-1][0] if more else None)
+            more = len(rows) > query.limit
+            rows = rows[: query.limit]
+            events = [
+                public_event(
+                    pole, event_id, seq, ts, type_, prio, lat, lon, src, orjson.loads(data), orjson.loads(media), at
+                )
+                for _, pole, event_id, seq, ts, type_, prio, lat, lon, src, data, media, at in rows
+            ]
+            return EventPage(events, rows[-1][0] if more else None)
 
     async def poles(self) -> list[PoleState]:
-        rows = await self._reader.execute_fetchall(
-            "SELECT pole_id, last_seen, max_seq, events_total, status FROM poles ORDER BY pole_id"
-        )
-        return [PoleState(r[0], r[1], r[2], r[3], orjson.loads(r[4]) if r[4] else None) for r in rows]
+        with _available():
+            rows = await self._reader.execute_fetchall(
+                "SELECT pole_id, last_seen, max_seq, events_total, status FROM poles ORDER BY pole_id"
+            )
+            return [PoleState(r[0], r[1], r[2], r[3], orjson.loads(r[4]) if r[4] else None) for r in rows]
 
     async def count_online(self, since: float) -> int:
-        row = await (await self._reader.execute("SELECT count(*) FROM poles WHERE last_seen >= ?", (since,))).fetchone()
-        return int(row[0]) if row else 0
+        with _available():
+            row = await (
+                await self._reader.execute("SELECT count(*) FROM poles WHERE last_seen >= ?", (since,))
+            ).fetchone()
+            return int(row[0]) if row else 0
