@@ -210,6 +210,7 @@ class Daemon:
                 await self.sensors.aclose()
             executor.shutdown(wait=False, cancel_futures=True)
             await outbox.close()
+            self.auth.close()
             log.info("stopped", backlog=outbox.backlog)
 
     async def _cameras_tried(self, timeout: float = 15.0) -> None:

@@ -104,7 +104,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_hash_password(args: argparse.Namespace) -> int:
     import getpass
 
-    from gateway.web.login import hash_password
+    from httpkit.passwords import hash_password
 
     password = getpass.getpass("Technician password: ") if args.password is None else args.password
     if len(password) < 8:

@@ -7,8 +7,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from gateway.web.login import is_password_hash
 from httpkit.errors import json_errors
+from httpkit.passwords import is_password_hash
 
 log = structlog.get_logger("http")
 
