@@ -138,7 +138,14 @@ class Daemon:
         http = self.config.http
         app.router.add_post(
             "/v1/events",
-            make_ingest_handler(sink, self.location, http.max_events_per_request, http.max_future_s, http.max_past_s),
+            make_ingest_handler(
+                sink,
+                self.location,
+                http.max_events_per_request,
+                http.max_future_s,
+                http.max_past_s,
+                http.max_body_bytes,
+            ),
         )
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics_page)

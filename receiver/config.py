@@ -29,6 +29,13 @@ class ReceiverSection(Strict):
     max_decompressed_bytes: int = Field(
         64_000_000, gt=0, description="Largest batch once gunzipped; reading stops there, so a gzip bomb gets a 413."
     )
+    max_concurrent_decompressions: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Batches gunzipped at once (the others wait): with max_decompressed_bytes, "
+        "the bound on memory for inflated bodies.",
+    )
     max_media_bytes: int = Field(4_000_000, gt=0, description="Largest JPEG accepted by PUT /v1/media.")
     online_window_s: float = Field(300.0, gt=0, description="A pole seen within this many seconds counts as online.")
     events_page_max: int = Field(1000, ge=1, description="Most events one GET /v1/events page returns.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from httpkit.body import Gunzip
 from receiver.config import ReceiverSection
 from receiver.metrics import ReceiverMetrics
 from receiver.policy import PolicyConfig
@@ -17,6 +18,7 @@ class Context:
     policy: PolicyConfig
     store: Store
     metrics: ReceiverMetrics
+    gunzip: Gunzip
 
     @property
     def media_dir(self) -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from httpkit.body import BadEncoding, BodyTooLarge, read_body, require_identity
 from httpkit.errors import json_error, json_response
 from receiver.auth import authenticate
 from receiver.context import Context
@@ -36,8 +37,11 @@ class Media:
         if request.content_type != "image/jpeg":
             return json_error(415, f"media must be image/jpeg, not {request.content_type!r}")
         try:
-            body = await request.clone(client_max_size=ctx.config.max_media_bytes).read()
-        except web.HTTPRequestEntityTooLarge:
+            require_identity(request)
+            body = bytes(await read_body(request, ctx.config.max_media_bytes))
+        except BadEncoding as exc:
+            return json_error(exc.status, str(exc))
+        except BodyTooLarge:
             return json_error(413, f"media larger than {ctx.config.max_media_bytes} bytes")
         if not body.startswith(JPEG_MAGIC):
             return json_error(415, "body is not a JPEG")

@@ -131,7 +131,7 @@ def check_event(ts: Any, data: Any, encoded: bytes | None = None) -> None:
     check_data(data, encoded)
 
 
-def loads(document: bytes | str) -> Any:
+def loads(document: bytes | bytearray | str) -> Any:
     """``orjson.loads``, but with integers beyond 64 bits kept exact (orjson turns them into floats),
     so that the rules can refuse them instead of storing a different number."""
     value = orjson.loads(document)

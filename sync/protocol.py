@@ -199,7 +199,7 @@ class ParsedBatch(NamedTuple):
     dropped_status: str | None  # why the status block was left out (it breaks sync.limits), if it was
 
 
-def parse_batch(document: bytes) -> ParsedBatch:
+def parse_batch(document: bytes | bytearray) -> ParsedBatch:
     """Parse and validate a batch; invalid events come back as rejections, not exceptions.
 
     A status block the database could not store is dropped (and said so), never a reason to

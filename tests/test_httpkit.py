@@ -100,3 +100,25 @@ async def test_password_checks_run_off_the_loop_one_at_a_time() -> None:
     finally:
         checker.close()
     assert not verify_password("x", "scrypt$1099511627776$8$1$AAAA$AAAA"), "absurd work factors are refused"
+
+
+def test_gunzip_limited_stops_at_its_limit_and_refuses_what_is_not_one_gzip_stream() -> None:
+    import gzip
+
+    import pytest
+
+    from httpkit.body import BadEncoding, BodyTooLarge, gunzip_limited
+    from tests.test_body_limits import gzip_bomb
+
+    doc = b'{"a": 1}' * 10_000
+    assert gunzip_limited(gzip.compress(doc), len(doc)) == doc
+    with pytest.raises(BodyTooLarge):
+        gunzip_limited(gzip.compress(doc), len(doc) - 1)
+    with pytest.raises(BodyTooLarge):
+        gunzip_limited(gzip_bomb(1024), 10 * 1024 * 1024)  # stops after about 10 MB of a 1 GB stream
+    with pytest.raises(BadEncoding):
+        gunzip_limited(gzip.compress(doc)[:-20], 10**9)
+    with pytest.raises(BadEncoding):
+        gunzip_limited(gzip.compress(doc) + b"trailing", 10**9)
+    with pytest.raises(BadEncoding):
+        gunzip_limited(b"not gzip at all", 10**9)

@@ -22,7 +22,7 @@ HERE = Location(52.0, 4.0, "config")
 async def pole(tmp_path: Path) -> AsyncIterator[tuple[str, Outbox]]:
     box = await Outbox.open(tmp_path / "o.db", OutboxConfig(max_bytes=60_000))
     server = LocalServer(HttpConfig(port=0, max_body_bytes=200_000, max_events_per_request=50))
-    server.app.router.add_post("/v1/events", make_ingest_handler(box, lambda: HERE, 50))
+    server.app.router.add_post("/v1/events", make_ingest_handler(box, lambda: HERE, 50, max_body_bytes=200_000))
     await server.start()
     yield f"http://127.0.0.1:{server.port}/v1/events", box
     await server.stop()

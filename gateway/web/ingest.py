@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, field_validator
 
+from httpkit.body import BadEncoding, BodyTooLarge, read_body, require_identity
 from httpkit.errors import json_error, json_response
 from sync import limits
 from sync.events import EventSink, Location, NewEvent, Priority
@@ -89,11 +90,18 @@ def make_ingest_handler(
     max_events: int,
     max_future_s: float = 86_400.0,
     max_past_s: float = 30 * 86_400.0,
+    max_body_bytes: int = 1_000_000,
 ) -> Callable[[web.Request], Any]:
     async def post_events(request: web.Request) -> web.Response:
         if request.content_type != "application/json":
             return json_error(415, f"content type must be application/json, not {request.content_type!r}")
-        raw = await request.read()
+        try:
+            require_identity(request)
+            raw = await read_body(request, max_body_bytes)
+        except BadEncoding as exc:
+            return json_error(exc.status, str(exc))
+        except BodyTooLarge as exc:
+            return json_error(413, str(exc))
         try:
             doc = limits.loads(raw)
         except orjson.JSONDecodeError as exc:

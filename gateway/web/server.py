@@ -7,6 +7,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from httpkit.body import NO_AUTO_DECOMPRESS
 from httpkit.errors import json_errors
 from httpkit.passwords import is_password_hash
 
@@ -69,7 +70,10 @@ class LocalServer:
         middlewares: list[Middleware] = [json_errors(config.max_body_bytes)]
         if auth is not None:
             middlewares.append(auth)
-        self.app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
+        # No automatic gunzip: nothing here takes compressed bodies (see httpkit.body).
+        self.app = web.Application(
+            client_max_size=config.max_body_bytes, middlewares=middlewares, handler_args=NO_AUTO_DECOMPRESS
+        )
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
