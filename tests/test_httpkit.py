@@ -122,3 +122,25 @@ def test_gunzip_limited_stops_at_its_limit_and_refuses_what_is_not_one_gzip_stre
         gunzip_limited(gzip.compress(doc) + b"trailing", 10**9)
     with pytest.raises(BadEncoding):
         gunzip_limited(b"not gzip at all", 10**9)
+
+
+async def test_csrf_guard_wants_the_origin_and_the_session_token() -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    from httpkit.csrf import CsrfGuard, cross_origin
+
+    def request(method: str = "POST", **headers: str):  # type: ignore[no-untyped-def]
+        return make_mocked_request(method, "/action", headers={"Host": "pole.local:8470", **headers})
+
+    assert cross_origin(request(Origin="http://pole.local:8470", **{"Sec-Fetch-Site": "same-origin"})) is None
+    assert cross_origin(request()) is None, "no browser headers: nothing to tell"
+    assert cross_origin(request(Origin="http://pole.local:9999"))
+    assert cross_origin(request(Origin="null"))
+    assert cross_origin(request(**{"Sec-Fetch-Site": "same-site"}))
+    guard = CsrfGuard(key=b"k" * 32)
+    assert guard.token("session-a") != guard.token("session-b")
+    assert await guard.refusal(request("GET", Origin="http://evil"), "session-a") is None, "reads are not checked"
+    assert await guard.refusal(request(), None) is None, "before login: the origin check only"
+    assert await guard.refusal(request(), "session-a") == "missing CSRF token: reload the page"
+    assert await guard.refusal(request(**{"X-CSRF-Token": guard.token("session-b")}), "session-a")
+    assert await guard.refusal(request(**{"X-CSRF-Token": guard.token("session-a")}), "session-a") is None

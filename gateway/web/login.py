@@ -5,6 +5,9 @@ Technicians log in with a password whose scrypt hash is in the config
 the pole use ``Authorization: Bearer <ingest token>``. Only ``/healthz``,
 ``/metrics``, the login page and static files are open.
 
+Every request that changes something must come from the page's own origin and,
+once logged in, carry the session's CSRF token (:mod:`httpkit.csrf`).
+
 Guessing is bounded (:mod:`httpkit.throttle`): one attempt at a time per client
 address, a back-off doubling from 2 s after three failures in a row, and at most
 30 failed logins a minute from all addresses; beyond that a 429 with
@@ -22,6 +25,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from httpkit.csrf import CsrfGuard
+from httpkit.errors import json_error
 from httpkit.passwords import PasswordChecker, hash_password, is_password_hash, verify_password
 from httpkit.throttle import LoginThrottle, retry_after
 
@@ -72,14 +77,25 @@ class WebAuth:
         self.sessions = Sessions(session_hours * 3600)
         self.throttle = throttle or LoginThrottle()
         self.checker = PasswordChecker(max_concurrent=1)
+        self.csrf = CsrfGuard()
         # How a refused login is shown: the login page with this message (set by the status page).
         self.login_page: Callable[[str], str] = lambda message: message
 
     def close(self) -> None:
         self.checker.close()
 
+    def session(self, request: web.Request) -> str | None:
+        """The request's valid session id, if it has one."""
+        token = request.cookies.get(SESSION_COOKIE)
+        return token if self.sessions.valid(token) else None
+
     def logged_in(self, request: web.Request) -> bool:
-        return self.sessions.valid(request.cookies.get(SESSION_COOKIE))
+        return self.session(request) is not None
+
+    def csrf_token(self, request: web.Request) -> str:
+        """The token the page of this request's session puts in its forms and scripts."""
+        session = self.session(request)
+        return self.csrf.token(session) if session is not None else ""
 
     def _bearer_ok(self, request: web.Request) -> bool:
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")
@@ -91,7 +107,11 @@ class WebAuth:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(OPEN_PATHS) or self.logged_in(request):
+        session = self.session(request)
+        if session is not None or request.path.startswith(OPEN_PATHS):
+            refusal = await self.csrf.refusal(request, session)
+            if refusal is not None:
+                return json_error(403, refusal)
             return await handler(request)
         if request.path == "/v1/events" and self._bearer_ok(request):
             return await handler(request)

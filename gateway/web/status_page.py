@@ -72,6 +72,7 @@ class StatusPage:
         values.update({k: _rows(v) for k, v in view["tables"].items()})
         values.update({f"{k}_class": v for k, v in view["states"].items()})
         values["snapshot"] = html.escape(view["images"]["snapshot"])
+        values["csrf_token"] = html.escape(self.auth.csrf_token(request))
         return web.Response(text=_PAGE.substitute(values), content_type="text/html")
 
     def _login_html(self, error: str) -> str:
