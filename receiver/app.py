@@ -19,6 +19,7 @@ from aiohttp.typedefs import Handler
 
 from httpkit.body import NO_AUTO_DECOMPRESS, Gunzip
 from httpkit.errors import json_error, json_errors
+from receiver.auth import TokenUse
 from receiver.batches import Batches
 from receiver.config import ReceiverSection
 from receiver.context import Context
@@ -41,7 +42,12 @@ class Receiver:
         self, config: ReceiverSection, policy: PolicyConfig, store: Store, metrics: ReceiverMetrics | None = None
     ) -> None:
         self.ctx = Context(
-            config, policy, store, metrics or ReceiverMetrics(), Gunzip(config.max_concurrent_decompressions)
+            config,
+            policy,
+            store,
+            metrics or ReceiverMetrics(),
+            Gunzip(config.max_concurrent_decompressions),
+            TokenUse(),
         )
         self.batches = Batches(self.ctx)
         self.media = Media(self.ctx)

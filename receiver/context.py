@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from httpkit.body import Gunzip
+from receiver.auth import TokenUse
 from receiver.config import ReceiverSection
 from receiver.metrics import ReceiverMetrics
 from receiver.policy import PolicyConfig
@@ -19,6 +20,7 @@ class Context:
     store: Store
     metrics: ReceiverMetrics
     gunzip: Gunzip
+    token_use: TokenUse
 
     @property
     def media_dir(self) -> Path:

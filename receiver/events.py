@@ -75,7 +75,7 @@ class Events:
 
     async def list(self, request: web.Request) -> web.Response:
         ctx = self.ctx
-        auth = await authenticate(request, ctx.store, "reader")
+        auth = await authenticate(request, ctx.store, "reader", use=ctx.token_use)
         if isinstance(auth, web.Response):
             return auth
         try:

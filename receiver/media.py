@@ -28,7 +28,7 @@ class Media:
 
     async def put(self, request: web.Request) -> web.Response:
         ctx = self.ctx
-        auth = await authenticate(request, ctx.store, "pole")
+        auth = await authenticate(request, ctx.store, "pole", use=ctx.token_use)
         if isinstance(auth, web.Response):
             return auth
         sha = request.match_info["sha256"]
@@ -56,7 +56,7 @@ class Media:
         return json_response({"sha256": sha, "stored": created}, 201 if created else 200)
 
     async def get(self, request: web.Request) -> web.StreamResponse:
-        auth = await authenticate(request, self.ctx.store, "reader")
+        auth = await authenticate(request, self.ctx.store, "reader", use=self.ctx.token_use)
         if isinstance(auth, web.Response):
             return auth
         sha = request.match_info["sha256"]

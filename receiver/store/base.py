@@ -20,7 +20,14 @@ from typing import Any, Protocol
 from sync.protocol import Rejection, WireEvent
 
 # Schema migrations are numbered; each backend lists its own statements per version.
-SCHEMA_VERSION = 1
+# 2: tokens get a public id (the first 12 hex digits of their hash) and the time of their last use.
+SCHEMA_VERSION = 2
+TOKEN_ID_LENGTH = 12
+
+
+def token_id_of(token_hash: str) -> str:
+    """A token's public id: not secret (it is part of a one-way hash), shown in listings and used to revoke."""
+    return token_hash[:TOKEN_ID_LENGTH]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +36,20 @@ class TokenInfo:
     pole_id: str | None
     name: str | None
     revoked: bool
+    token_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A token as listings show it: everything but the secret, which is never stored."""
+
+    token_id: str
+    role: str
+    pole_id: str | None
+    name: str | None
+    created_at: float
+    last_used_at: float | None
+    revoked_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +120,20 @@ class Store(Protocol):
     async def add_token(self, token_hash: str, role: str, pole_id: str | None, name: str | None) -> None: ...
 
     async def revoke_pole(self, pole_id: str) -> int: ...
+
+    async def list_tokens(self) -> list[TokenRecord]: ...
+
+    async def tokens_with_prefix(self, prefix: str) -> list[TokenRecord]:
+        """Tokens whose id starts with ``prefix`` (lowercase hex)."""
+        ...
+
+    async def revoke_token(self, token_id: str) -> bool:
+        """Revoke one token by its full id; False if there is none or it was already revoked."""
+        ...
+
+    async def touch_token(self, token_id: str, when: float) -> None:
+        """Record a use of the token (callers do this at most once a minute per token)."""
+        ...
 
     async def insert_batch(
         self, pole_id: str, batch_id: str, events: list[WireEvent], status: dict[str, Any] | None, now: float

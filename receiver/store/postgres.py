@@ -22,9 +22,11 @@ from receiver.store.base import (
     PoleState,
     StoreError,
     TokenInfo,
+    TokenRecord,
     event_row,
     public_event,
     refused_by_database,
+    token_id_of,
 )
 from sync.protocol import Rejection, WireEvent
 
@@ -91,7 +93,16 @@ MIGRATIONS: dict[int, list[str]] = {
             stored_at DOUBLE PRECISION NOT NULL
         )""",
     ],
+    2: [
+        "ALTER TABLE tokens ADD COLUMN token_id TEXT",
+        "UPDATE tokens SET token_id = substr(token_hash, 1, 12)",
+        "ALTER TABLE tokens ALTER COLUMN token_id SET NOT NULL",
+        "CREATE UNIQUE INDEX tokens_by_id ON tokens (token_id)",
+        "ALTER TABLE tokens ADD COLUMN last_used_at DOUBLE PRECISION",
+    ],
 }
+
+_TOKEN_COLUMNS = "token_id, role, pole_id, name, created_at, last_used_at, revoked_at"
 
 _INSERT = """
 INSERT INTO events (pole_id, event_id, seq, ts, type, priority, lat, lon, location_source,
@@ -151,9 +162,9 @@ class PostgresStore:
     async def lookup_token(self, token_hash: str) -> TokenInfo | None:
         with _available():
             row = await self._pool.fetchrow(
-                "SELECT role, pole_id, name, revoked_at FROM tokens WHERE token_hash = $1", token_hash
+                "SELECT role, pole_id, name, revoked_at, token_id FROM tokens WHERE token_hash = $1", token_hash
             )
-            return None if row is None else TokenInfo(row[0], row[1], row[2], row[3] is not None)
+            return None if row is None else TokenInfo(row[0], row[1], row[2], row[3] is not None, row[4])
 
     async def add_token(self, token_hash: str, role: str, pole_id: str | None, name: str | None) -> None:
         with _available():
@@ -164,8 +175,10 @@ class PostgresStore:
                         "INSERT INTO poles (pole_id, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING", pole_id, now
                     )
                 await conn.execute(
-                    "INSERT INTO tokens (token_hash, role, pole_id, name, created_at) VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO tokens (token_hash, token_id, role, pole_id, name, created_at)"
+                    " VALUES ($1, $2, $3, $4, $5, $6)",
                     token_hash,
+                    token_id_of(token_hash),
                     role,
                     pole_id,
                     name,
@@ -178,6 +191,33 @@ class PostgresStore:
                 "UPDATE tokens SET revoked_at = $1 WHERE pole_id = $2 AND revoked_at IS NULL", time.time(), pole_id
             )
             return int(result.split()[-1])
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        with _available():
+            rows = await self._pool.fetch(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created_at, token_id")
+            return [TokenRecord(*r) for r in rows]
+
+    async def tokens_with_prefix(self, prefix: str) -> list[TokenRecord]:
+        with _available():
+            rows = await self._pool.fetch(
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE starts_with(token_id, $1) ORDER BY token_id", prefix
+            )
+            return [TokenRecord(*r) for r in rows]
+
+    async def revoke_token(self, token_id: str) -> bool:
+        with _available():
+            result = await self._pool.execute(
+                "UPDATE tokens SET revoked_at = $1 WHERE token_id = $2 AND revoked_at IS NULL", time.time(), token_id
+            )
+            return result.endswith(" 1")
+
+    async def touch_token(self, token_id: str, when: float) -> None:
+        with _available():
+            await self._pool.execute(
+                "UPDATE tokens SET last_used_at = greatest(coalesce(last_used_at, 0), $2) WHERE token_id = $1",
+                token_id,
+                when,
+            )
 
     async def insert_batch(
         self, pole_id: str, batch_id: str, events: list[WireEvent], status: dict[str, Any] | None, now: float

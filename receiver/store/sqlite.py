@@ -20,9 +20,11 @@ from receiver.store.base import (
     PoleState,
     StoreError,
     TokenInfo,
+    TokenRecord,
     event_row,
     public_event,
     refused_by_database,
+    token_id_of,
 )
 from sync.protocol import Rejection, WireEvent
 
@@ -77,7 +79,15 @@ MIGRATIONS: dict[int, list[str]] = {
             stored_at REAL NOT NULL
         )""",
     ],
+    2: [
+        "ALTER TABLE tokens ADD COLUMN token_id TEXT",
+        "UPDATE tokens SET token_id = substr(token_hash, 1, 12)",
+        "CREATE UNIQUE INDEX tokens_by_id ON tokens (token_id)",
+        "ALTER TABLE tokens ADD COLUMN last_used_at REAL",
+    ],
 }
+
+_TOKEN_COLUMNS = "token_id, role, pole_id, name, created_at, last_used_at, revoked_at"
 
 _INSERT = (
     "INSERT INTO events (event_id, seq, ts, type, priority, lat, lon, location_source,"
@@ -165,10 +175,10 @@ class SqliteStore:
         with _available():
             row = await (
                 await self._reader.execute(
-                    "SELECT role, pole_id, name, revoked_at FROM tokens WHERE token_hash = ?", (token_hash,)
+                    "SELECT role, pole_id, name, revoked_at, token_id FROM tokens WHERE token_hash = ?", (token_hash,)
                 )
             ).fetchone()
-            return None if row is None else TokenInfo(row[0], row[1], row[2], row[3] is not None)
+            return None if row is None else TokenInfo(row[0], row[1], row[2], row[3] is not None, row[4])
 
     async def add_token(self, token_hash: str, role: str, pole_id: str | None, name: str | None) -> None:
         with _available():
@@ -177,8 +187,9 @@ class SqliteStore:
                 if pole_id is not None:
                     await db.execute("INSERT OR IGNORE INTO poles (pole_id, created_at) VALUES (?, ?)", (pole_id, now))
                 await db.execute(
-                    "INSERT INTO tokens (token_hash, role, pole_id, name, created_at) VALUES (?, ?, ?, ?, ?)",
-                    (token_hash, role, pole_id, name, now),
+                    "INSERT INTO tokens (token_hash, token_id, role, pole_id, name, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (token_hash, token_id_of(token_hash), role, pole_id, name, now),
                 )
 
     async def revoke_pole(self, pole_id: str) -> int:
@@ -188,6 +199,38 @@ class SqliteStore:
                     "UPDATE tokens SET revoked_at = ? WHERE pole_id = ? AND revoked_at IS NULL", (time.time(), pole_id)
                 )
                 return cur.rowcount
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        with _available():
+            rows = await self._reader.execute_fetchall(
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created_at, token_id"
+            )
+            return [TokenRecord(*r) for r in rows]
+
+    async def tokens_with_prefix(self, prefix: str) -> list[TokenRecord]:
+        with _available():
+            rows = await self._reader.execute_fetchall(
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE substr(token_id, 1, ?) = ? ORDER BY token_id",
+                (len(prefix), prefix),
+            )
+            return [TokenRecord(*r) for r in rows]
+
+    async def revoke_token(self, token_id: str) -> bool:
+        with _available():
+            async with self._transaction() as db:
+                cur = await db.execute(
+                    "UPDATE tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL",
+                    (time.time(), token_id),
+                )
+                return cur.rowcount == 1
+
+    async def touch_token(self, token_id: str, when: float) -> None:
+        with _available():
+            async with self._transaction() as db:
+                await db.execute(
+                    "UPDATE tokens SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE token_id = ?",
+                    (when, token_id),
+                )
 
     async def insert_batch(
         self, pole_id: str, batch_id: str, events: list[WireEvent], status: dict[str, Any] | None, now: float
