@@ -241,7 +241,9 @@ def parse_batch(document: bytes | bytearray) -> ParsedBatch:
             rejected.append(Rejection(id=label, reason=str(exc)))
             continue
         if event.id in seen:
-            continue  # a repeat within one batch is the same event: store it once
+            if seen[event.id] != item:
+                rejected.append(Rejection(id=event.id, reason="id: repeated in this batch with a different body"))
+            continue  # a repeat with the same body is the same event: store it once
         seen[event.id] = item
         events.append(event)
     if rejected:

@@ -74,3 +74,38 @@ async def test_deeply_nested_json_is_a_400(receiver: RunningReceiver, depth: int
         reply = await r.json(content_type=None)
         assert r.status == 400, reply
     assert await receiver.all_events() == []
+
+
+async def test_an_id_repeated_with_another_body_is_rejected_not_dropped(receiver: RunningReceiver) -> None:
+    import orjson
+
+    first = {
+        "id": str(uuid_utils.uuid7()),
+        "seq": 1,
+        "ts": time.time(),
+        "type": "reading",
+        "priority": "event",
+        "location": None,
+        "data": {"v": 1},
+        "media": [],
+    }
+    other = {**first, "data": {"v": 2}}
+    fine = {**first, "id": str(uuid_utils.uuid7()), "seq": 2}
+    headers = {
+        "Content-Type": "application/json",
+        "Content-Encoding": "gzip",
+        "Authorization": f"Bearer {receiver.tokens['pole-1']}",
+    }
+
+    async def send(*events: dict[str, object]) -> tuple[int, dict[str, object]]:
+        bodies = [orjson.dumps(e).decode() for e in events]
+        doc = gzip.compress(encode_batch("pole-1", str(uuid_utils.uuid7()), time.time(), bodies, None))
+        async with aiohttp.ClientSession() as s, s.post(receiver.url + "/v1/batches", data=doc, headers=headers) as r:
+            return r.status, await r.json(content_type=None)
+
+    status, reply = await send(first, fine, other)
+    assert status == 400, reply
+    assert reply["rejected"] == [{"id": first["id"], "reason": "id: repeated in this batch with a different body"}]
+    assert await receiver.all_events() == []
+    status, reply = await send(first, fine, first)
+    assert status == 200 and reply["accepted"] == [first["id"], fine["id"]], "the same body twice is one event"
