@@ -19,6 +19,7 @@ from aiohttp.typedefs import Handler
 
 from httpkit.body import NO_AUTO_DECOMPRESS, Gunzip
 from httpkit.errors import json_error, json_errors
+from httpkit.headers import security_headers
 from receiver.auth import TokenUse
 from receiver.batches import Batches
 from receiver.config import ReceiverSection
@@ -61,7 +62,7 @@ class Receiver:
         largest = max(config.max_body_bytes, config.max_media_bytes)
         app = web.Application(
             client_max_size=largest,
-            middlewares=[self._observe, json_errors(largest), *extra_middlewares],
+            middlewares=[security_headers, self._observe, json_errors(largest), *extra_middlewares],
             handler_args=NO_AUTO_DECOMPRESS,  # bodies are read and gunzipped by httpkit.body, bounded
         )
         app.router.add_post(BATCHES_PATH, self.batches.post)

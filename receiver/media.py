@@ -1,7 +1,12 @@
-"""``PUT/GET /v1/media/{sha256}``: redacted JPEGs, content-addressed and idempotent."""
+"""``PUT/GET /v1/media/{sha256}``: redacted JPEGs, content-addressed and idempotent.
+
+A body must decode as a JPEG (:mod:`receiver.jpeg`) to be stored, and is served as
+``image/jpeg`` with ``X-Content-Type-Options: nosniff``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tempfile
@@ -14,9 +19,8 @@ from httpkit.body import BadEncoding, BodyTooLarge, read_body, require_identity
 from httpkit.errors import json_error, json_response
 from receiver.auth import authenticate
 from receiver.context import Context
+from receiver.jpeg import jpeg_problem
 from sync.protocol import is_sha256
-
-JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 class Media:
@@ -43,11 +47,15 @@ class Media:
             return json_error(exc.status, str(exc))
         except BodyTooLarge:
             return json_error(413, f"media larger than {ctx.config.max_media_bytes} bytes")
-        if not body.startswith(JPEG_MAGIC):
+        if not body.startswith(b"\xff\xd8\xff"):
             return json_error(415, "body is not a JPEG")
         if hashlib.sha256(body).hexdigest() != sha:
             ctx.metrics.media.labels("hash_mismatch").inc()
             return json_error(400, "body does not match its sha256")
+        problem = await asyncio.to_thread(jpeg_problem, body)
+        if problem is not None:
+            ctx.metrics.media.labels("not_jpeg").inc()
+            return json_error(415, f"body is not a JPEG: {problem}")
         path = self.path(sha)
         if not path.exists():
             _write_atomically(path, body)
@@ -65,7 +73,7 @@ class Media:
         path = self.path(sha)
         if not path.exists():
             return json_error(404, "no such media")
-        return web.FileResponse(path, headers={"Content-Type": "image/jpeg"})
+        return web.FileResponse(path, headers={"Content-Type": "image/jpeg", "X-Content-Type-Options": "nosniff"})
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

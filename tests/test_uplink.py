@@ -20,6 +20,7 @@ from sync.outbox import Outbox
 from sync.uplink import UplinkConfig
 from sync.uplink_http import HttpUplink
 from tests.conftest import RunningReceiver, start_receiver, stop_receiver
+from tests.test_media_checks import real_jpeg
 
 
 class Faults:
@@ -213,7 +214,7 @@ async def test_policy_refusal_becomes_a_dead_letter(tmp_path: Path, outbox: Outb
 
 
 async def test_media_follows_its_event(outbox: Outbox, rx: RunningReceiver, faults: Faults) -> None:
-    jpeg = b"\xff\xd8\xff\xe0" + os.urandom(5000) + b"\xff\xd9"
+    jpeg = real_jpeg(int.from_bytes(os.urandom(4)))
     sha = hashlib.sha256(jpeg).hexdigest()
     await outbox.put(NewEvent("presence", {"people": 1}, Priority.MEDIA, media=(jpeg,)))
     await outbox.put(NewEvent("presence", {"people": 2}, Priority.MEDIA, media=(jpeg,)))

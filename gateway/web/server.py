@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from httpkit.body import NO_AUTO_DECOMPRESS
 from httpkit.errors import json_errors
+from httpkit.headers import security_headers
 from httpkit.passwords import is_password_hash
 
 log = structlog.get_logger("http")
@@ -67,7 +68,7 @@ class LocalServer:
     def __init__(self, config: HttpConfig, auth: Middleware | None = None) -> None:
         """``auth`` guards every route (see gateway.web.login); tests may leave it out."""
         self.config = config
-        middlewares: list[Middleware] = [json_errors(config.max_body_bytes)]
+        middlewares: list[Middleware] = [security_headers, json_errors(config.max_body_bytes)]
         if auth is not None:
             middlewares.append(auth)
         # No automatic gunzip: nothing here takes compressed bodies (see httpkit.body).
