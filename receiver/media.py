@@ -20,6 +20,7 @@ from httpkit.errors import json_error, json_response
 from receiver.auth import authenticate
 from receiver.context import Context
 from receiver.jpeg import jpeg_problem
+from sync.files import private_dir
 from sync.protocol import is_sha256
 
 
@@ -77,8 +78,9 @@ class Media:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    """Write, fsync and rename, so a crash never leaves a partial JPEG under its hash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write, fsync and rename, so a crash never leaves a partial JPEG under its hash.
+    Directories are made 0700 and files 0600 (mkstemp's mode), whatever the umask."""
+    private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sync import limits
 from sync.events import Accepted, NewEvent, Priority
+from sync.files import private_file
 
 log = structlog.get_logger("outbox")
 
@@ -344,7 +345,6 @@ class Outbox:
         return outbox
 
     async def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             await self._connect()
         except sqlite3.DatabaseError as exc:
@@ -360,6 +360,7 @@ class Outbox:
         self._expirer = asyncio.create_task(self._expire_loop(), name="outbox-expiry")
 
     async def _connect(self, seed_seq: int | None = None) -> None:
+        private_file(self.path)  # 0600 in a 0700 directory whatever the umask (SQLite's side files follow)
         # Autocommit: single statements commit themselves; transactions are explicit.
         db = await aiosqlite.connect(self.path, isolation_level=None, cached_statements=64)
         self._db = db

@@ -26,6 +26,7 @@ from receiver.store.base import (
     refused_by_database,
     token_id_of,
 )
+from sync.files import private_file
 from sync.protocol import Rejection, WireEvent
 
 # A value of one event that SQLite (or its Python binding) refuses: an integer beyond 64 bits, text
@@ -128,7 +129,7 @@ class SqliteStore:
 
     @classmethod
     async def open(cls, path: str) -> SqliteStore:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        private_file(Path(path))  # 0600 in a 0700 directory whatever the umask (SQLite's side files follow)
         db = await aiosqlite.connect(path, isolation_level=None)
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")
