@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from sync.outbox import Outbox
+from sync.transport import insecure_url_problem
 
 UplinkStateName = Literal["starting", "idle", "sending", "backoff", "auth_failed"]
 
@@ -27,7 +28,15 @@ class UplinkConfig(BaseModel):
     kind: Literal["http", "simulated"] = Field(
         "http", description="'http' sends to a receiver; 'simulated' acknowledges locally (bench work only)."
     )
-    url: str = Field("http://127.0.0.1:8480", description="Base URL of the receiver.")
+    allow_insecure: bool = Field(
+        False,
+        description="Allow an http:// url to a host other than this machine (no TLS: the token and events "
+        "cross the network in clear). The log and the status page then warn.",
+    )
+    url: str = Field(
+        "http://127.0.0.1:8480",
+        description="Base URL of the receiver: https://, or http:// to this machine (or with allow_insecure).",
+    )
     token: SecretStr | None = Field(
         None, description="This pole's bearer token from 'smartpole receiver add-pole'; prefer SMARTPOLE_UPLINK_TOKEN."
     )
@@ -46,6 +55,18 @@ class UplinkConfig(BaseModel):
     )
     gzip_level: int = Field(5, ge=1, le=9, description="gzip compression level of batches.")
 
+    @field_validator("url")
+    @classmethod
+    def _tls_unless_allowed(cls, url: str, info: ValidationInfo) -> str:
+        problem = insecure_url_problem(url)
+        if problem is not None and not (info.data.get("allow_insecure") and url.lower().startswith("http://")):
+            raise ValueError(problem)
+        return url
+
+    def insecure_warning(self) -> str | None:
+        """What to warn about when ``allow_insecure`` lets a URL without TLS through."""
+        return insecure_url_problem(self.url) if self.kind == "http" else None
+
 
 @dataclass
 class UplinkState:
@@ -62,6 +83,7 @@ class UplinkState:
     dead_lettered: int = 0
     remote_config_version: str | None = None
     drain_events_per_s: float = 0.0
+    warning: str | None = None  # e.g. sending without TLS (allow_insecure)
 
     def count(self, result: str) -> None:
         self.batches[result] = self.batches.get(result, 0) + 1

@@ -82,6 +82,9 @@ class HttpUplink:
         self._session: aiohttp.ClientSession | None = None
         self._last_sent = 0.0
         self._base = config.url.rstrip("/")
+        self.state.warning = config.insecure_warning()
+        if self.state.warning is not None:
+            log.warning("uplink_insecure", url=config.url, problem=self.state.warning)
 
     def sync_now(self) -> None:
         self._wake.set()

@@ -126,6 +126,7 @@ def build_view(status: PoleStatus) -> dict[str, Any]:
         "uplink_batches": fmt_counts(uplink.batches),
         "uplink_sent": f"{uplink.events_sent} events, {fmt_bytes(uplink.bytes_sent)}",
         "uplink_remote_config": uplink.remote_config_version or "–",
+        "uplink_security": f"INSECURE: {uplink.warning}" if uplink.warning else "TLS or this machine",
         "disk_free": f"{fmt_bytes(disk.free_bytes)} free of {fmt_bytes(disk.total_bytes)}",
         "redactions": fmt_counts(status.redactions),
         "updated": fmt_time(now),
@@ -186,5 +187,6 @@ def build_view(status: PoleStatus) -> dict[str, Any]:
     states = {
         "uplink_state": {"idle": "ok", "sending": "ok", "starting": "warn", "backoff": "warn"}.get(uplink.state, "bad"),
         "outbox_dead": "warn" if outbox.dead_letters else "ok",
+        "uplink_security": "bad" if uplink.warning else "ok",
     }
     return {"text": text, "tables": tables, "images": images, "states": states}
