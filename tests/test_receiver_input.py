@@ -126,3 +126,33 @@ async def test_health_says_unavailable_without_the_database_error(
     assert "unavailable" in body
     for detail in ("db.internal", "10.1.2.3", "5432", "role", "FATAL"):
         assert detail not in body, body
+
+
+async def test_large_floats_come_back_as_the_same_floats(receiver: RunningReceiver) -> None:
+    """jsonb keeps numbers as decimals: 6.006290159228115e+16 came back as an integer of another value."""
+    import orjson
+
+    data = {"f": 6.006290159228115e16, "g": 1e300, "h": -1e16, "i": 10**16, "j": 1.5e-7}
+    event = {
+        "id": str(uuid_utils.uuid7()),
+        "seq": 1,
+        "ts": time.time(),
+        "type": "reading",
+        "priority": "event",
+        "location": None,
+        "data": data,
+        "media": [],
+    }
+    doc = gzip.compress(
+        encode_batch("pole-1", str(uuid_utils.uuid7()), time.time(), [orjson.dumps(event).decode()], None)
+    )
+    headers = {
+        "Content-Type": "application/json",
+        "Content-Encoding": "gzip",
+        "Authorization": f"Bearer {receiver.tokens['pole-1']}",
+    }
+    async with aiohttp.ClientSession() as s, s.post(receiver.url + "/v1/batches", data=doc, headers=headers) as r:
+        assert r.status == 200
+    (stored,) = await receiver.all_events()
+    assert stored["data"] == data
+    assert {k: type(v) for k, v in stored["data"].items()} == {k: type(v) for k, v in data.items()}

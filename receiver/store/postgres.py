@@ -117,6 +117,27 @@ RETURNING event_id::text
 """
 
 
+def _walk_large_floats(value: Any) -> Any:
+    if isinstance(value, float) and abs(value) >= 1e16:
+        return orjson.Fragment(format(value, ".1f"))
+    if isinstance(value, dict):
+        return {k: _walk_large_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_walk_large_floats(v) for v in value]
+    return value
+
+
+def jsonb_text(data: Any) -> str:
+    """``data`` as JSON text that jsonb keeps as the same value. orjson writes a float from 1e16 up
+    in exponent form (``6.006290159228115e+16``); jsonb stores numbers as decimals and would give
+    it back as the integer 60062901592281150, neither a float nor the float's value. Written out
+    with a decimal point (``60062901592281152.0``), it comes back as that very float."""
+    text = orjson.dumps(data)
+    if b"e+" in text:  # rare: only then walk the values
+        text = orjson.dumps(_walk_large_floats(data))
+    return text.decode()
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for kind in ("json", "jsonb"):
         await conn.set_type_codec(
@@ -222,7 +243,7 @@ class PostgresStore:
     async def insert_batch(
         self, pole_id: str, batch_id: str, events: list[WireEvent], status: dict[str, Any] | None, now: float
     ) -> InsertResult:
-        rows = [(*event_row(e), orjson.dumps(e.data).decode(), orjson.dumps(e.media).decode()) for e in events]
+        rows = [(*event_row(e), jsonb_text(e.data), orjson.dumps(e.media).decode()) for e in events]
         rejected: list[Rejection] = []
         try:
             async with self._pool.acquire() as conn, conn.transaction():
