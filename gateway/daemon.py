@@ -61,6 +61,7 @@ from gateway.web.login import WebAuth
 from gateway.web.metrics import PoleMetrics
 from gateway.web.server import LocalServer
 from gateway.web.status_page import StatusPage
+from httpkit.throttle import LoginThrottle
 from sync.events import Location
 from sync.outbox import Outbox
 from sync.uplink import SimulatedUplink, Uplink
@@ -88,6 +89,7 @@ class Daemon:
             http.password_hash.get_secret_value() if http.password_hash else None,
             http.ingest_token.get_secret_value() if http.ingest_token else None,
             http.session_hours,
+            LoginThrottle(free_failures=http.login_free_failures, global_failures=http.login_failures_per_minute),
         )
         self.server = LocalServer(http, self.auth.middleware)
         self.outbox: Outbox | None = None

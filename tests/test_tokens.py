@@ -42,6 +42,7 @@ async def test_list_and_revoke_tokens_of_any_role(receiver: RunningReceiver, dat
     assert all(t.last_used_at is None and t.revoked_at is None and t.created_at > 0 for t in tokens.values())
 
     assert await get_events(receiver, reader) == 200
+    await receiver.receiver.ctx.token_use.settled()  # the use is written after the answer, not before
     used = {t.token_id: t for t in await service.list_tokens(config)}[reader_id].last_used_at
     assert used is not None and time.time() - used < 10
     for _ in range(5):

@@ -37,6 +37,15 @@ class HttpConfig(BaseModel):
         "SMARTPOLE_HTTP_INGEST_TOKEN overrides it.",
     )
     session_hours: float = Field(8.0, gt=0, le=168, description="How long a technician stays logged in.")
+    login_free_failures: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Failed logins in a row from one address before its back-off starts (2 s, doubling).",
+    )
+    login_failures_per_minute: int = Field(
+        30, ge=1, description="Failed logins a minute from all addresses together; beyond, every login gets a 429."
+    )
     max_future_s: float = Field(
         86_400.0, gt=0, description="POST /v1/events refuses a ts further than this many seconds in the future."
     )
