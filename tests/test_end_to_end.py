@@ -158,26 +158,32 @@ async def test_sigkill_dropped_replies_and_timeouts(database_url: str, tmp_path:
     next_marker = 0
     rng = random.Random(11)
 
-    async def poster(stop: asyncio.Event) -> None:
+    async def post(s: aiohttp.ClientSession) -> None:
         nonlocal next_marker, unanswered
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:  # a connection of its own
-            while not stop.is_set():
-                marker, next_marker = next_marker, next_marker + 1
-                event_id = await post_event(s, pole, marker, rng.choice(PRIORITIES))
-                if event_id is None:
-                    unanswered += 1
-                    await asyncio.sleep(0.02)
-                else:
-                    acknowledged.add(event_id)
+        marker, next_marker = next_marker, next_marker + 1
+        event_id = await post_event(s, pole, marker, rng.choice(PRIORITIES))
+        if event_id is None:
+            unanswered += 1
+        else:
+            acknowledged.add(event_id)
 
+    async def poster(s: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await post(s)
+            await asyncio.sleep(0.02)
+
+    sessions = [aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) for _ in range(6)]  # 6 connections
     try:
         for _ in range(8):
             stop = asyncio.Event()
-            posters = [asyncio.create_task(poster(stop)) for _ in range(6)]
+            posters = [asyncio.create_task(poster(s, stop)) for s in sessions]
             await asyncio.sleep(rng.uniform(0.3, 1.2))
-            await asyncio.to_thread(pole.kill)  # in the middle of six connections' requests
+            # A request on every connection at once, and the kill while they are under way.
+            burst = [asyncio.create_task(post(s)) for s in sessions]
+            await asyncio.sleep(rng.uniform(0.0, 0.004))
+            await asyncio.to_thread(pole.kill)
             stop.set()
-            await asyncio.gather(*posters)
+            await asyncio.gather(*posters, *burst)
             await asyncio.to_thread(pole.start)
         chaos.enabled = False
 
@@ -199,5 +205,7 @@ async def test_sigkill_dropped_replies_and_timeouts(database_url: str, tmp_path:
         assert unanswered >= 8, "the kills cut requests off mid-flight"
         assert chaos.counts["drop"] > 0 and chaos.counts["late"] > 0 and chaos.counts["500"] > 0
     finally:
+        for session in sessions:
+            await session.close()
         assert await asyncio.to_thread(pole.stop) == 0
         await stop_receiver(rx)
