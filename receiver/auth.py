@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from httpkit.errors import json_error
-from receiver.store.base import Store, StoreError, TokenInfo
+from receiver.store.base import Store, TokenInfo
 
 log = structlog.get_logger("receiver")
 
@@ -64,7 +64,7 @@ class TokenUse:
     async def _write(self, store: Store, token_id: str, when: float) -> None:
         try:
             await store.touch_token(token_id, when)
-        except StoreError as exc:  # the request itself was served; the next use tries again
+        except Exception as exc:  # the request itself was served (and the store may be closing): try next time
             self._written.pop(token_id, None)
             log.warning("token_use_not_recorded", token_id=token_id, error=str(exc))
 

@@ -36,6 +36,7 @@ async def serve(config: ReceiverConfig, stop: asyncio.Event, on_listening: Calla
             await stop.wait()
         finally:
             await runner.cleanup()
+            await receiver.ctx.token_use.settled()
     finally:
         await store.close()
         log.info("receiver_stopped")
