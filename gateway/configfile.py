@@ -1,9 +1,11 @@
 """Loading TOML configuration into strict pydantic models, with errors people can act on.
 
 Every problem is reported as ``FILE: dotted.key: why``, all of them at once, so a
-technician fixes a file in one pass. Secrets never need to live in the file:
-any field typed ``SecretStr`` may come from ``SMARTPOLE_<SECTION>_<KEY>`` (for
-``uplink.token``: ``SMARTPOLE_UPLINK_TOKEN``), which wins over the file.
+technician fixes a file in one pass. The value found is quoted (``(got 'knots')``)
+except for secret fields, whose value is never echoed: only what is wrong with it.
+Secrets never need to live in the file: any field typed ``SecretStr`` may come
+from ``SMARTPOLE_<SECTION>_<KEY>`` (for ``uplink.token``: ``SMARTPOLE_UPLINK_TOKEN``),
+which wins over the file.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,6 +52,25 @@ def secret_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Itera
                 yield from secret_fields(kind, (*prefix, name))
 
 
+def _secret_names(model: type[BaseModel], seen: set[type] | None = None) -> set[str]:
+    """Names of every ``SecretStr`` field anywhere in the model, inside lists and unions too."""
+    seen = set() if seen is None else seen
+    seen.add(model)
+    names: set[str] = set()
+    for name, info in model.model_fields.items():
+        stack = [info.annotation]
+        while stack:
+            kind = stack.pop()
+            if kind is SecretStr:
+                names.add(name)
+            elif isinstance(kind, type) and issubclass(kind, BaseModel):
+                if kind not in seen:
+                    names |= _secret_names(kind, seen)
+            else:
+                stack.extend(typing.get_args(kind))
+    return names
+
+
 def env_name(path: tuple[str, ...]) -> str:
     return ENV_PREFIX + "_".join(path).upper()
 
@@ -69,7 +90,8 @@ def apply_env_secrets(model: type[BaseModel], doc: dict[str, Any], env: Mapping[
             node[path[-1]] = value
 
 
-def _describe(err: Mapping[str, Any]) -> str:
+def _describe(err: Mapping[str, Any], secrets: Collection[str] = ()) -> str:
+    """One problem as ``dotted.key: why``; the value given is shown, unless the key is a secret's."""
     key = ".".join(str(part) for part in err["loc"]) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -78,7 +100,10 @@ def _describe(err: Mapping[str, Any]) -> str:
         why = "required but missing"
     else:
         why = err["msg"]
-        if "input" in err and kind not in ("model_type", "dict_type") and not isinstance(err["input"], (dict, list)):
+        secret = any(part in secrets for part in err["loc"])
+        if secret:
+            why += " (the value is a secret and is not shown)"
+        elif "input" in err and kind not in ("model_type", "dict_type") and not isinstance(err["input"], (dict, list)):
             why += f" (got {err['input']!r})"
     return f"{key}: {why}"
 
@@ -104,7 +129,8 @@ def validate(model: type[M], doc: dict[str, Any], path: Path, env: Mapping[str, 
     try:
         return model.model_validate(doc)
     except ValidationError as exc:
-        raise ConfigError(path, [_describe(e) for e in exc.errors()]) from None
+        secrets = _secret_names(model)
+        raise ConfigError(path, [_describe(e, secrets) for e in exc.errors()]) from None
 
 
 def load_config(path: Path, model: type[M], env: Mapping[str, str] | None = None) -> M:

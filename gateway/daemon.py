@@ -61,6 +61,7 @@ from gateway.web.login import WebAuth
 from gateway.web.metrics import PoleMetrics
 from gateway.web.server import LocalServer
 from gateway.web.status_page import StatusPage
+from httpkit.throttle import LoginThrottle
 from sync.events import Location
 from sync.outbox import Outbox
 from sync.uplink.base import Uplink
@@ -88,6 +89,7 @@ class Daemon:
             http.password_hash.get_secret_value() if http.password_hash else None,
             http.ingest_token.get_secret_value() if http.ingest_token else None,
             http.session_hours,
+            LoginThrottle(free_failures=http.login_free_failures, global_failures=http.login_failures_per_minute),
         )
         self.server = LocalServer(http, self.auth.middleware)
         self.outbox: Outbox | None = None
@@ -135,8 +137,17 @@ class Daemon:
 
     def _register_routes(self, sink: RecordingSink) -> None:
         app = self.server.app
+        http = self.config.http
         app.router.add_post(
-            "/v1/events", make_ingest_handler(sink, self.location, self.config.http.max_events_per_request)
+            "/v1/events",
+            make_ingest_handler(
+                sink,
+                self.location,
+                http.max_events_per_request,
+                http.max_future_s,
+                http.max_past_s,
+                http.max_body_bytes,
+            ),
         )
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics_page)
@@ -208,6 +219,7 @@ class Daemon:
                 await self.sensors.aclose()
             executor.shutdown(wait=False, cancel_futures=True)
             await outbox.close()
+            self.auth.close()
             log.info("stopped", backlog=outbox.backlog)
 
     async def _cameras_tried(self, timeout: float = 15.0) -> None:

@@ -78,6 +78,7 @@ class UplinkStatus:
     events_sent: int
     bytes_sent: int
     remote_config_version: str | None
+    warning: str | None = None
 
     @classmethod
     def starting(cls) -> UplinkStatus:
@@ -99,6 +100,7 @@ class UplinkStatus:
             state.events_sent,
             state.bytes_sent,
             state.remote_config_version,
+            state.warning,
         )
 
 

@@ -17,7 +17,10 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from httpkit.body import NO_AUTO_DECOMPRESS, Gunzip
 from httpkit.errors import json_error, json_errors
+from httpkit.headers import security_headers
+from receiver.auth import TokenUse
 from receiver.batches import Batches
 from receiver.config import ReceiverSection
 from receiver.context import Context
@@ -39,7 +42,14 @@ class Receiver:
     def __init__(
         self, config: ReceiverSection, policy: PolicyConfig, store: Store, metrics: ReceiverMetrics | None = None
     ) -> None:
-        self.ctx = Context(config, policy, store, metrics or ReceiverMetrics())
+        self.ctx = Context(
+            config,
+            policy,
+            store,
+            metrics or ReceiverMetrics(),
+            Gunzip(config.max_concurrent_decompressions),
+            TokenUse(),
+        )
         self.batches = Batches(self.ctx)
         self.media = Media(self.ctx)
         self.events = Events(self.ctx)
@@ -49,10 +59,11 @@ class Receiver:
     def make_app(self, extra_middlewares: Iterable[Any] = ()) -> web.Application:
         """The aiohttp application. ``extra_middlewares`` run inside ours (tests use it to inject faults)."""
         config = self.ctx.config
-        largest = max(config.max_decompressed_bytes, config.max_media_bytes)
+        largest = max(config.max_body_bytes, config.max_media_bytes)
         app = web.Application(
             client_max_size=largest,
-            middlewares=[self._observe, json_errors(largest), *extra_middlewares],
+            middlewares=[security_headers, self._observe, json_errors(largest), *extra_middlewares],
+            handler_args=NO_AUTO_DECOMPRESS,  # bodies are read and gunzipped by httpkit.body, bounded
         )
         app.router.add_post(BATCHES_PATH, self.batches.post)
         app.router.add_put(MEDIA_PATH, self.media.put)

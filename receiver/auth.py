@@ -1,16 +1,29 @@
-"""Bearer tokens: generated once, shown once, stored only as sha256 hashes (``token_hash``); and checking them."""
+"""Bearer tokens: generated once, shown once, stored only as sha256 hashes; and checking them.
+
+Each token has a public id (the first 12 hex digits of its hash), shown by ``list-tokens``
+and used by ``revoke-token``; the secret itself is never shown again. A token has one role;
+a route names the roles it admits, so a role that may do more (an admin) is one more name
+in those lists, not another check.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
+import time
 
+import structlog
 from aiohttp import web
 
 from httpkit.errors import json_error
 from receiver.store.base import Store, TokenInfo
 from sync.protocol import token_hash
 
+log = structlog.get_logger("receiver")
+
 TOKEN_PREFIX = "spt_"
+ROLES = ("pole", "reader")
 
 
 def new_token() -> str:
@@ -25,14 +38,51 @@ def bearer(request: web.Request) -> str | None:
     return value.strip()
 
 
-async def authenticate(request: web.Request, store: Store, role: str) -> TokenInfo | web.Response:
-    """The request's token if it is valid and has ``role``; else the 401 or 403 to answer."""
+class TokenUse:
+    """Records when each token was last used, with at most one write per token per ``interval_s``
+    from this process (a pole sending a batch a second costs one write a minute, not sixty)."""
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        self.interval_s = interval_s
+        self._written: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def seen(self, store: Store, info: TokenInfo) -> None:
+        now = time.monotonic()
+        last = self._written.get(info.token_id)
+        if last is not None and now - last < self.interval_s:
+            return
+        self._written[info.token_id] = now
+        task = asyncio.create_task(self._write(store, info.token_id, time.time()))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, store: Store, token_id: str, when: float) -> None:
+        try:
+            await store.touch_token(token_id, when)
+        except Exception as exc:  # the request itself was served (and the store may be closing): try next time
+            self._written.pop(token_id, None)
+            log.warning("token_use_not_recorded", token_id=token_id, error=str(exc))
+
+    async def settled(self) -> None:
+        """Until the writes under way are done (tests, shutdown)."""
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*self._tasks)
+
+
+async def authenticate(
+    request: web.Request, store: Store, *roles: str, use: TokenUse | None = None
+) -> TokenInfo | web.Response:
+    """The request's token if it is valid and has one of ``roles``; else the 401 or 403 to answer.
+    A database that cannot be asked raises ``StoreError`` (answered 503)."""
     token = bearer(request)
     if token is None:
         return json_error(401, "missing bearer token")
     info = await store.lookup_token(token_hash(token))
     if info is None or info.revoked:
         return json_error(401, "unknown or revoked token")
-    if info.role != role:
-        return json_error(403, f"this token is for a {info.role}, not a {role}")
+    if info.role not in roles:
+        return json_error(403, f"this token is for a {info.role}, not a {' or '.join(roles)}")
+    if use is not None:
+        use.seen(store, info)
     return info

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import zlib
-
 from aiohttp import web
-from aiohttp.http_exceptions import ContentEncodingError
-from aiohttp.web_protocol import RequestPayloadError
 
+from httpkit.body import BadEncoding, BodyTooLarge, read_json_body
 from httpkit.errors import json_response
 from receiver.auth import authenticate
 from receiver.context import Context
@@ -25,7 +22,7 @@ class Batches:
 
     async def post(self, request: web.Request) -> web.Response:
         ctx = self.ctx
-        auth = await authenticate(request, ctx.store, "pole")
+        auth = await authenticate(request, ctx.store, "pole", use=ctx.token_use)
         if isinstance(auth, web.Response):
             ctx.metrics.batches.labels("unauthorized" if auth.status == 401 else "forbidden").inc()
             return auth
@@ -35,22 +32,20 @@ class Batches:
         except ProtocolError as exc:
             ctx.metrics.batches.labels("too_large" if exc.status == 413 else "invalid").inc()
             return answer(refused(exc.status, str(exc)))
-        return answer(await ingest_batch(ctx, auth.pole_id, document))
+        return answer(await ingest_batch(ctx, auth.pole_id, bytes(document)))
 
-    async def _read_document(self, request: web.Request) -> bytes:
-        """The batch JSON. aiohttp gunzips as it reads and stops at ``client_max_size``
-        decompressed bytes, so a gzip bomb ends in a 413 rather than in memory."""
+    async def _read_document(self, request: web.Request) -> bytearray:
+        """The batch JSON: at most ``max_body_bytes`` on the wire, chunked or not, and at most
+        ``max_decompressed_bytes`` once gunzipped (inflated step by step in a thread, a few
+        batches at a time), so neither a long body nor a gzip bomb ends in memory."""
         config = self.ctx.config
         ctype = request.content_type
         if ctype != "application/json":
             raise ProtocolError(415, f"content type must be application/json, not {ctype!r}")
-        if request.content_length is not None and request.content_length > config.max_body_bytes:
-            raise ProtocolError(413, f"body of {request.content_length} bytes; at most {config.max_body_bytes}")
         try:
-            return await request.clone(client_max_size=config.max_decompressed_bytes).read()
-        except web.HTTPRequestEntityTooLarge:
-            limit = config.max_decompressed_bytes
-            raise ProtocolError(413, f"batch larger than {limit} bytes once decompressed") from None
-        except (ContentEncodingError, RequestPayloadError, zlib.error) as exc:
+            return await read_json_body(request, config.max_body_bytes, config.max_decompressed_bytes, self.ctx.gunzip)
+        except BodyTooLarge as exc:
+            raise ProtocolError(413, f"batch {exc}") from None
+        except BadEncoding as exc:
             encoding = request.headers.get("Content-Encoding", "identity")
-            raise ProtocolError(400, f"body cannot be decoded ({encoding}): {exc}") from None
+            raise ProtocolError(exc.status, f"body cannot be decoded ({encoding}): {exc}") from None

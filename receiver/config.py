@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from receiver.policy import PolicyConfig
+from sync.transport import insecure_url_problem
 
 
 class Strict(BaseModel):
@@ -29,6 +30,13 @@ class ReceiverSection(Strict):
     max_decompressed_bytes: int = Field(
         64_000_000, gt=0, description="Largest batch once gunzipped; reading stops there, so a gzip bomb gets a 413."
     )
+    max_concurrent_decompressions: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Batches gunzipped at once (the others wait): with max_decompressed_bytes, "
+        "the bound on memory for inflated bodies.",
+    )
     max_media_bytes: int = Field(4_000_000, gt=0, description="Largest JPEG accepted by PUT /v1/media.")
     online_window_s: float = Field(300.0, gt=0, description="A pole seen within this many seconds counts as online.")
     events_page_max: int = Field(1000, ge=1, description="Most events one GET /v1/events page returns.")
@@ -42,8 +50,13 @@ class MqttSection(Strict):
     """The MQTT consumer: batches and media that poles publish through a broker."""
 
     enabled: bool = Field(False, description="Consume poles' batches from the broker beside the HTTP API.")
+    allow_insecure: bool = Field(
+        False, description="Allow an mqtt:// url to a host other than this machine (no TLS); the log then warns."
+    )
     url: str = Field(
-        "mqtt://127.0.0.1:1883", description="The broker: mqtts://HOST[:PORT] (TLS) or mqtt://HOST[:PORT]."
+        "mqtt://127.0.0.1:1883",
+        description="The broker: mqtts://HOST[:PORT] (TLS), or mqtt://HOST[:PORT] to this machine (or with "
+        "allow_insecure).",
     )
     username: str = Field("receiver", min_length=1, description="The receivers' broker account (see the ACL).")
     password: SecretStr | None = Field(None, description="Its password; SMARTPOLE_MQTT_PASSWORD overrides it.")
@@ -76,6 +89,17 @@ class MqttSection(Strict):
     max_message_bytes: int = Field(
         16_000_000, gt=0, description="Largest batch once gunzipped, or media file; larger is refused with a 413 reply."
     )
+
+    @field_validator("url")
+    @classmethod
+    def _tls_unless_allowed(cls, url: str, info: ValidationInfo) -> str:
+        problem = insecure_url_problem(url, secure=("mqtts",), plain=("mqtt",))
+        if problem is not None and not (info.data.get("allow_insecure") and url.lower().startswith("mqtt://")):
+            raise ValueError(problem)
+        return url
+
+    def insecure_warning(self) -> str | None:
+        return insecure_url_problem(self.url, secure=("mqtts",), plain=("mqtt",))
 
 
 class ReceiverLogging(Strict):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from httpkit.body import Gunzip
+from receiver.auth import TokenUse
 from receiver.config import ReceiverSection
 from receiver.metrics import ReceiverMetrics
 from receiver.policy import PolicyConfig
@@ -17,6 +19,8 @@ class Context:
     policy: PolicyConfig
     store: Store
     metrics: ReceiverMetrics
+    gunzip: Gunzip
+    token_use: TokenUse
 
     @property
     def media_dir(self) -> Path:

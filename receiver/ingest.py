@@ -36,7 +36,7 @@ async def ingest_batch(ctx: Context, pole_id: str, document: bytes, credential: 
     """Validate and store the batch ``document`` sent by ``pole_id``, as its ``credential`` (the
     bearer token, the MQTT topic) says."""
     try:
-        envelope, events, invalid = parse_batch(document)
+        envelope, events, invalid, dropped_status = parse_batch(document)
     except ProtocolError as exc:
         ctx.metrics.batches.labels("too_large" if exc.status == 413 else "invalid").inc()
         return refused(exc.status, str(exc))
@@ -47,6 +47,8 @@ async def ingest_batch(ctx: Context, pole_id: str, document: bytes, credential: 
         ctx.metrics.batches.labels("invalid").inc()
         return refused(400, f"{len(invalid)} invalid event(s); nothing stored", invalid)
 
+    if dropped_status is not None:
+        log.warning("status_block_dropped", pole_id=envelope.pole_id, reason=dropped_status)
     now = time.time()
     rejected: list[Rejection] = []
     storable = []
@@ -61,16 +63,19 @@ async def ingest_batch(ctx: Context, pole_id: str, document: bytes, credential: 
     ctx.metrics.batches.labels("stored").inc()
     ctx.metrics.events.labels("accepted").inc(len(result.accepted))
     ctx.metrics.events.labels("duplicate").inc(len(result.duplicates))
-    ctx.metrics.events.labels("rejected").inc(len(rejected))
+    ctx.metrics.events.labels("rejected").inc(len(rejected) + len(result.rejected))
     if rejected:
         first = rejected[0].reason
         log.warning("events_refused_by_policy", pole_id=envelope.pole_id, events=len(rejected), first=first)
+    if result.rejected:
+        first = result.rejected[0].reason
+        log.warning("events_refused_by_database", pole_id=envelope.pole_id, events=len(result.rejected), first=first)
     return Outcome(
         200,
         BatchReply(
             accepted=result.accepted,
             duplicates=result.duplicates,
-            rejected=rejected,
+            rejected=rejected + result.rejected,
             missing_media=result.missing_media,
             config_version=ctx.config.config_version,
         ),

@@ -17,7 +17,7 @@ class Poles:
 
     async def list(self, request: web.Request) -> web.Response:
         ctx = self.ctx
-        auth = await authenticate(request, ctx.store, "reader")
+        auth = await authenticate(request, ctx.store, "reader", use=ctx.token_use)
         if isinstance(auth, web.Response):
             return auth
         now = time.time()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 
 import structlog
@@ -12,6 +13,7 @@ from receiver.app import Receiver
 from receiver.auth import new_token, token_hash
 from receiver.config import ReceiverConfig
 from receiver.mqtt import MqttConsumer
+from receiver.store.base import TOKEN_ID_LENGTH, TokenRecord
 from receiver.store.factory import open_store
 
 log = structlog.get_logger("receiver")
@@ -43,6 +45,7 @@ async def serve(config: ReceiverConfig, stop: asyncio.Event, on_listening: Calla
                 consumer.cancel()
                 await asyncio.gather(consumer, return_exceptions=True)
             await runner.cleanup()
+            await receiver.ctx.token_use.settled()
     finally:
         await store.close()
         log.info("receiver_stopped")
@@ -64,6 +67,47 @@ async def _add_token(config: ReceiverConfig, role: str, pole_id: str | None, nam
         token = new_token()
         await store.add_token(token_hash(token), role, pole_id, name)
         return token
+    finally:
+        await store.close()
+
+
+class TokenNotFound(LookupError):
+    pass
+
+
+class AmbiguousToken(LookupError):
+    pass
+
+
+async def list_tokens(config: ReceiverConfig) -> list[TokenRecord]:
+    """Every token with its id, role, pole or name, creation, last use and revocation; never its secret."""
+    store = await open_store(config.receiver.database_url.get_secret_value(), 1)
+    try:
+        return await store.list_tokens()
+    finally:
+        await store.close()
+
+
+async def revoke_token(config: ReceiverConfig, id_or_prefix: str) -> str:
+    """Revoke the one token whose id is or starts with ``id_or_prefix``; its full id.
+
+    :class:`TokenNotFound` when none matches (or it was revoked already), :class:`AmbiguousToken`
+    naming the candidates' ids when several do."""
+    prefix = id_or_prefix.strip().lower()
+    if not re.fullmatch(f"[0-9a-f]{{1,{TOKEN_ID_LENGTH}}}", prefix):
+        raise TokenNotFound(f"no token has the id {id_or_prefix!r}: ids are {TOKEN_ID_LENGTH} hex digits")
+    store = await open_store(config.receiver.database_url.get_secret_value(), 1)
+    try:
+        found = await store.tokens_with_prefix(prefix)
+        if not found:
+            raise TokenNotFound(f"no token has an id starting with {prefix!r}")
+        if len(found) > 1:
+            ids = ", ".join(t.token_id for t in found)
+            raise AmbiguousToken(f"{len(found)} tokens have an id starting with {prefix!r}: {ids}")
+        (token,) = found
+        if not await store.revoke_token(token.token_id):
+            raise TokenNotFound(f"token {token.token_id} was revoked already")
+        return token.token_id
     finally:
         await store.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,9 @@ def cmd_receiver(args: argparse.Namespace) -> int:
 
     from gateway.logs import configure_logging
     from receiver import service
+    from receiver.auth import token_hash
     from receiver.config import ReceiverConfig
+    from receiver.store.base import token_id_of
 
     config_file = getattr(args, "config", None)  # absent unless given, before or after the action
     if not config_file:
@@ -68,7 +71,8 @@ def cmd_receiver(args: argparse.Namespace) -> int:
         token = uvloop.run(service.add_pole(config, args.pole_id))
         print(token)
         print(
-            f"pole {args.pole_id}: token above, shown once; set it as SMARTPOLE_UPLINK_TOKEN on the pole",
+            f"pole {args.pole_id}: token above (id {token_id_of(token_hash(token))}), shown once; "
+            "set it as SMARTPOLE_UPLINK_TOKEN on the pole",
             file=sys.stderr,
         )
         if args.mosquitto:
@@ -82,8 +86,20 @@ def cmd_receiver(args: argparse.Namespace) -> int:
             )
         return 0
     if action == "add-reader":
-        print(uvloop.run(service.add_reader(config, args.name)))
-        print(f"reader {args.name}: token above, shown once", file=sys.stderr)
+        token = uvloop.run(service.add_reader(config, args.name))
+        print(token)
+        print(f"reader {args.name}: token above (id {token_id_of(token_hash(token))}), shown once", file=sys.stderr)
+        return 0
+    if action == "list-tokens":
+        print(format_tokens(uvloop.run(service.list_tokens(config))))
+        return 0
+    if action == "revoke-token":
+        try:
+            revoked_id = uvloop.run(service.revoke_token(config, args.token_id))
+        except LookupError as exc:
+            print(f"smartpole receiver revoke-token: {exc}", file=sys.stderr)
+            return 1
+        print(f"token {revoked_id} revoked")
         return 0
     if action == "revoke-pole":
         revoked = uvloop.run(service.revoke_pole(config, args.pole_id))
@@ -105,6 +121,20 @@ def cmd_receiver(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_tokens(tokens: list[Any]) -> str:
+    """``list-tokens``: one line per token, never its secret (which is not stored)."""
+
+    def when(ts: float | None) -> str:
+        return "never" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + "Z"
+
+    rows = [("ID", "ROLE", "POLE/NAME", "CREATED", "LAST USED", "STATE")]
+    for t in tokens:
+        state = "active" if t.revoked_at is None else f"revoked {when(t.revoked_at)}"
+        rows.append((t.token_id, t.role, t.pole_id or t.name or "-", when(t.created_at), when(t.last_used_at), state))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from smartpole.demo import run_demo
 
@@ -114,7 +144,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_hash_password(args: argparse.Namespace) -> int:
     import getpass
 
-    from gateway.web.login import hash_password
+    from httpkit.passwords import hash_password
 
     password = getpass.getpass("Technician password: ") if args.password is None else args.password
     if len(password) < 8:
@@ -185,6 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
         "add-reader", parents=[receiver_config], help="print a new read-only token for dashboards and analytics"
     )
     a.add_argument("name", metavar="NAME")
+    actions.add_parser(
+        "list-tokens",
+        parents=[receiver_config],
+        help="list every token: id, role, pole or name, created, last used, revoked (never the secret)",
+    )
+    a = actions.add_parser(
+        "revoke-token",
+        parents=[receiver_config],
+        help="revoke one token of any role by its id or an unambiguous prefix of it (exit 1 if none or several match)",
+    )
+    a.add_argument("token_id", metavar="ID_OR_PREFIX")
 
     p = sub.add_parser(
         "demo",

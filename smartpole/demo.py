@@ -93,12 +93,16 @@ async def _demo(workdir: Path, duration: float | None) -> None:
             pole = tg.create_task(daemon.run(stop))
             await daemon.ready.wait()
             log.info(
-                "demo_ready",
-                status_page=f"http://127.0.0.1:{POLE_PORT}/ (password: {PASSWORD})",
-                receiver=f"http://127.0.0.1:{RECEIVER_PORT}",
-                see_events=f"curl -H 'Authorization: Bearer {reader_token}' http://127.0.0.1:{RECEIVER_PORT}/v1/events",
-                post_event=f"curl -H 'Authorization: Bearer {INGEST_TOKEN}' -d '{{\"type\":\"hello\"}}' "
-                f"-H 'Content-Type: application/json' http://127.0.0.1:{POLE_PORT}/v1/events",
+                "demo_ready", status_page=f"http://127.0.0.1:{POLE_PORT}/", receiver=f"http://127.0.0.1:{RECEIVER_PORT}"
+            )
+            # Printed, not logged: logs scrub tokens and passwords, and these throwaway ones are meant to be seen.
+            print(
+                f"\nstatus page: http://127.0.0.1:{POLE_PORT}/ (password: {PASSWORD})\n"
+                f"see events:  curl -H 'Authorization: Bearer {reader_token}' "
+                f"http://127.0.0.1:{RECEIVER_PORT}/v1/events\n"
+                f"post event:  curl -H 'Authorization: Bearer {INGEST_TOKEN}' -d '{{\"type\":\"hello\"}}' "
+                f"-H 'Content-Type: application/json' http://127.0.0.1:{POLE_PORT}/v1/events\n",
+                flush=True,
             )
             await pole
             receiver_stop.set()

@@ -45,7 +45,9 @@ import structlog
 import uuid_utils
 from pydantic import BaseModel, ConfigDict, Field
 
+from sync import limits
 from sync.events import Accepted, NewEvent, Priority
+from sync.files import private_file
 
 log = structlog.get_logger("outbox")
 
@@ -271,7 +273,9 @@ def _encode(event: NewEvent) -> _Pending:
             }
         )
     except TypeError as exc:
+        limits.check_value(event.data)  # names the field when a storable-value rule is what broke
         raise ValueError(f"event data is not JSON-serialisable: {exc}") from None
+    limits.check_event(event.ts, event.data, encoded)  # nothing the receiver cannot store is committed
     rest = encoded[1:].decode()  # without its opening brace: the writer puts id and seq first
     return _Pending(str(uuid_utils.uuid7()), priority, kind, rest, len(rest) + _ROW_OVERHEAD + media_bytes, media, refs)
 
@@ -341,7 +345,6 @@ class Outbox:
         return outbox
 
     async def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             await self._connect()
         except sqlite3.DatabaseError as exc:
@@ -357,6 +360,7 @@ class Outbox:
         self._expirer = asyncio.create_task(self._expire_loop(), name="outbox-expiry")
 
     async def _connect(self, seed_seq: int | None = None) -> None:
+        private_file(self.path)  # 0600 in a 0700 directory whatever the umask (SQLite's side files follow)
         # Autocommit: single statements commit themselves; transactions are explicit.
         db = await aiosqlite.connect(self.path, isolation_level=None, cached_statements=64)
         self._db = db

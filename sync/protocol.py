@@ -13,13 +13,16 @@ Each event is exactly the body the pole's outbox committed:
 
 The pole builds the document by joining the stored event bodies, never
 re-encoding them (see :func:`encode_batch`); the receiver validates each event
-on its own so one bad event is named by id with its reason.
+on its own so one bad event is named by id with its reason. What an event may
+hold (no NUL, 64-bit integers, nesting, the ``ts`` range) is defined once, in
+:mod:`sync.limits`, for the pole's ingest, its outbox and this parser alike.
 
 Replies to ``POST /v1/batches``:
 
 - 200 ``{"accepted": [id], "duplicates": [id], "rejected": [{"id", "reason"}],
   "missing_media": [sha256], "config_version": "..."}``: stored; ``rejected`` are
-  events the receiver's policy refuses (they will never be accepted: dead-letter them);
+  events the receiver's policy or its database refuses (they will never be
+  accepted: dead-letter them);
   ``missing_media`` are referenced JPEGs it does not have yet (``PUT /v1/media/{sha256}``).
 - 400 ``{"error": "...", "rejected": [{"id", "reason"}]}``: nothing stored; when
   ``rejected`` names events, only those are invalid and the rest may be sent again.
@@ -46,14 +49,15 @@ from __future__ import annotations
 import gzip
 import hashlib
 import hmac
-import math
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from sync import limits
 
 SCHEMA_VERSION = 1
 BATCHES_PATH = "/v1/batches"
@@ -62,7 +66,7 @@ MQTT_ROOT = "smartpole/v1"
 
 MAX_EVENTS_PER_BATCH = 10_000
 MAX_MEDIA_REFS = 8
-MAX_EVENT_BYTES = 64_000  # one event's JSON, without its media
+MAX_EVENT_BYTES = limits.MAX_DATA_BYTES  # one event's data as JSON
 
 EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 POLE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -90,6 +94,13 @@ class WireLocation(BaseModel):
     lon: float = Field(..., ge=-180, le=180)
     source: str | None = Field(None, max_length=16)
 
+    @field_validator("source")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("contains a NUL character (U+0000), which cannot be stored")
+        return value
+
 
 class WireEvent(BaseModel):
     """One event as it travels; the receiver validates each one separately."""
@@ -97,7 +108,7 @@ class WireEvent(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     id: Annotated[str, StringConstraints(pattern=UUID_PATTERN)]
-    seq: int = Field(..., ge=1)
+    seq: int = Field(..., ge=1, le=limits.INT64_MAX)
     ts: float
     type: Annotated[str, StringConstraints(pattern=EVENT_TYPE_PATTERN)]
     priority: PriorityName
@@ -111,8 +122,11 @@ class WireEvent(BaseModel):
         # strict mode refuses ints for floats; an integral timestamp is still a timestamp.
         if isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError("must be a finite number")
+        if isinstance(value, float):
+            try:
+                limits.check_ts(value)
+            except limits.Unstorable as exc:
+                raise ValueError(exc.why) from None
         return value
 
 
@@ -202,10 +216,21 @@ def describe_validation(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_batch(document: bytes) -> tuple[BatchEnvelope, list[WireEvent], list[Rejection]]:
-    """Parse and validate a batch; invalid events come back as rejections, not exceptions."""
+class ParsedBatch(NamedTuple):
+    envelope: BatchEnvelope
+    events: list[WireEvent]
+    rejected: list[Rejection]
+    dropped_status: str | None  # why the status block was left out (it breaks sync.limits), if it was
+
+
+def parse_batch(document: bytes | bytearray) -> ParsedBatch:
+    """Parse and validate a batch; invalid events come back as rejections, not exceptions.
+
+    A status block the database could not store is dropped (and said so), never a reason to
+    refuse the events: every batch of that pole would carry it.
+    """
     try:
-        raw = orjson.loads(document)
+        raw = limits.loads(document)
     except orjson.JSONDecodeError as exc:
         raise ProtocolError(400, f"body is not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
@@ -217,25 +242,38 @@ def parse_batch(document: bytes) -> tuple[BatchEnvelope, list[WireEvent], list[R
         envelope = BatchEnvelope.model_validate(raw)
     except ValidationError as exc:
         raise ProtocolError(400, f"invalid batch: {describe_validation(exc)}") from None
+    dropped_status = None
+    if envelope.status is not None:
+        try:
+            limits.check_value(envelope.status.model_dump(), "status")
+        except limits.Unstorable as exc:
+            dropped_status = str(exc)
+            envelope.status = None
     events: list[WireEvent] = []
     rejected: list[Rejection] = []
-    seen: set[str] = set()
+    seen: dict[str, Any] = {}
     for i, item in enumerate(envelope.events):
         ident = item.get("id") if isinstance(item, dict) else None
         label = ident if isinstance(ident, str) else f"events[{i}]"
         try:
             event = WireEvent.model_validate(item)
+            limits.check_data(event.data)
         except ValidationError as exc:
             rejected.append(Rejection(id=label, reason=describe_validation(exc)))
             continue
-        if len(orjson.dumps(event.data)) > MAX_EVENT_BYTES:
-            rejected.append(Rejection(id=label, reason=f"data: larger than {MAX_EVENT_BYTES} bytes"))
+        except limits.Unstorable as exc:
+            rejected.append(Rejection(id=label, reason=str(exc)))
             continue
         if event.id in seen:
-            continue  # a repeat within one batch is the same event: store it once
-        seen.add(event.id)
+            if seen[event.id] != item:
+                rejected.append(Rejection(id=event.id, reason="id: repeated in this batch with a different body"))
+            continue  # a repeat with the same body is the same event: store it once
+        seen[event.id] = item
         events.append(event)
-    return envelope, events, rejected
+    if rejected:
+        refused = {r.id for r in rejected}
+        events = [e for e in events if e.id not in refused]
+    return ParsedBatch(envelope, events, rejected, dropped_status)
 
 
 def broker_address(url: str) -> tuple[str, int, bool]:

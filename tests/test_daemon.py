@@ -154,11 +154,13 @@ async def test_reload_on_sighup_and_from_the_status_page(tmp_path: Path) -> None
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
             async with s.post(pole.url + "/login", data={"password": PASSWORD}) as r:
                 assert r.status == 200  # followed the redirect to the page
+                page = await r.text()
+            token = page.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
             async with s.get(pole.url + "/status.json") as r:
                 assert (await r.json())["status"]["pole"]["id"] == "pole-renamed"
 
             pole.config.write_text(pole.config.read_text() + "\n[outbox]\nmax_bytes = -1\n")
-            async with s.post(pole.url + "/actions/reload-config") as r:
+            async with s.post(pole.url + "/actions/reload-config", headers={"X-CSRF-Token": token}) as r:
                 assert r.status == 400
                 assert "outbox.max_bytes" in (await r.json())["error"]
             async with s.get(pole.url + "/status.json") as r:

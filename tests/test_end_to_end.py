@@ -143,6 +143,8 @@ class ChaosMiddleware:
 
 
 async def test_sigkill_dropped_replies_and_timeouts(database_url: str, tmp_path: Path) -> None:
+    """SIGKILL lands while ingest requests are in flight on several connections (not between them),
+    while the receiver drops replies, answers late or fails: every 201 arrives exactly once."""
     chaos = ChaosMiddleware(seed=7)
     port = free_port()
     rx: RunningReceiver = await start_receiver(
@@ -152,34 +154,58 @@ async def test_sigkill_dropped_replies_and_timeouts(database_url: str, tmp_path:
     pole = PoleProcess(tmp_path, f"http://127.0.0.1:{port}", token, uplink={"max_batch_events": 7})
     await asyncio.to_thread(pole.start)
     acknowledged: set[str] = set()
-    posted = 0
+    unanswered = 0  # requests the kill cut off: the pole may or may not have committed them
+    next_marker = 0
     rng = random.Random(11)
+
+    async def post(s: aiohttp.ClientSession) -> None:
+        nonlocal next_marker, unanswered
+        marker, next_marker = next_marker, next_marker + 1
+        event_id = await post_event(s, pole, marker, rng.choice(PRIORITIES))
+        if event_id is None:
+            unanswered += 1
+        else:
+            acknowledged.add(event_id)
+
+    async def poster(s: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await post(s)
+            await asyncio.sleep(0.02)
+
+    sessions = [aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) for _ in range(6)]  # 6 connections
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
-            for _ in range(8):
-                stop_at = asyncio.get_running_loop().time() + rng.uniform(0.3, 1.2)
-                while asyncio.get_running_loop().time() < stop_at:
-                    event_id = await post_event(s, pole, posted, rng.choice(PRIORITIES))
-                    posted += 1
-                    if event_id is not None:
-                        acknowledged.add(event_id)
-                await asyncio.to_thread(pole.kill)  # at whatever moment sync has reached
-                await asyncio.to_thread(pole.start)
-            chaos.enabled = False
+        for _ in range(8):
+            stop = asyncio.Event()
+            posters = [asyncio.create_task(poster(s, stop)) for s in sessions]
+            await asyncio.sleep(rng.uniform(0.3, 1.2))
+            # A request on every connection at once, and the kill while they are under way.
+            burst = [asyncio.create_task(post(s)) for s in sessions]
+            await asyncio.sleep(rng.uniform(0.0, 0.004))
+            await asyncio.to_thread(pole.kill)
+            stop.set()
+            await asyncio.gather(*posters, *burst)
+            await asyncio.to_thread(pole.start)
+        chaos.enabled = False
 
-            async def all_acknowledged_arrived() -> bool:
-                return acknowledged <= {e["id"] for e in await rx.all_events()}
+        async def all_acknowledged_arrived() -> bool:
+            return acknowledged <= {e["id"] for e in await rx.all_events()}
 
-            await wait_for(all_acknowledged_arrived, timeout=90)
-            await asyncio.sleep(1.0)  # anything still in flight would show up now
+        await wait_for(all_acknowledged_arrived, timeout=90)
+        await asyncio.sleep(1.0)  # anything still in flight would show up now
 
         got = await rx.all_events()
+        print(
+            f"{len(acknowledged)} acknowledged, {unanswered} cut off by kills, {len(got)} stored; chaos {chaos.counts}"
+        )
         markers = [e["data"]["marker"] for e in got]
         assert len(markers) == len(set(markers)), "an event reached the receiver twice"
-        assert set(markers) <= set(range(posted)), "an event appeared that nobody submitted"
+        assert set(markers) <= set(range(next_marker)), "an event appeared that nobody submitted"
         assert acknowledged <= {e["id"] for e in got}
         assert len(acknowledged) > 100 and pole.starts == 9
+        assert unanswered >= 8, "the kills cut requests off mid-flight"
         assert chaos.counts["drop"] > 0 and chaos.counts["late"] > 0 and chaos.counts["500"] > 0
     finally:
+        for session in sessions:
+            await session.close()
         assert await asyncio.to_thread(pole.stop) == 0
         await stop_receiver(rx)

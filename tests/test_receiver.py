@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from receiver.policy import PolicyConfig
 from sync.protocol import encode_batch
 from tests.conftest import RunningReceiver, start_receiver, stop_receiver
+from tests.test_media_checks import real_jpeg
 
 
 def event(seq: int, type_: str = "presence", priority: str = "event", **data: Any) -> dict[str, Any]:
@@ -195,7 +196,7 @@ async def test_policy_rejections_are_per_event(database_url: str, tmp_path: Path
 
 async def test_media_upload_and_read(receiver: RunningReceiver, tmp_path: Path) -> None:
     token = receiver.tokens["pole-1"]
-    jpeg = b"\xff\xd8\xff\xe0" + b"redacted-pixels" * 100 + b"\xff\xd9"
+    jpeg = real_jpeg()
     sha = hashlib.sha256(jpeg).hexdigest()
     e = event(1, "presence")
     e["media"] = [sha]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -110,6 +111,21 @@ async def test_login_watch_and_sync_now(browser: webdriver.Chrome, tmp_path: Pat
         assert text(browser, "uplink_sent").startswith("0 events"), "only a heartbeat so far"
         browser.save_screenshot(str(ARTIFACTS / "status-page-before-sync.png"))
 
+        # A page on another port of the same host submits a form to the pole: the browser sends the
+        # session cookie along (same site), and the pole refuses it (another origin, no token).
+        attacker = await serve_attacker_page(pole.url + "/actions/sync-now")
+        try:
+            await asyncio.to_thread(browser.get, attacker.url)
+            await asyncio.to_thread(
+                WebDriverWait(browser, 20).until, lambda d: d.current_url.startswith(pole.url + "/actions/")
+            )
+            assert "cross-site request refused" in browser.page_source
+        finally:
+            await attacker.runner.cleanup()
+        await asyncio.to_thread(browser.get, pole.url + "/")
+        await asyncio.to_thread(wait_text, browser, "outbox_total", lambda t: t == "5")
+        assert text(browser, "uplink_sent").startswith("0 events"), "the forged form did not sync"
+
         await asyncio.to_thread(browser.find_element(By.ID, "sync-now").click)
         await asyncio.to_thread(wait_text, browser, "outbox_total", lambda t: t == "0")
         await asyncio.to_thread(wait_text, browser, "uplink_sent", lambda t: t.startswith("5 events"))
@@ -122,6 +138,30 @@ async def test_login_watch_and_sync_now(browser: webdriver.Chrome, tmp_path: Pat
     finally:
         await asyncio.to_thread(pole.stop)
         await stop_receiver(rx)
+
+
+class AttackerSite:
+    def __init__(self, runner: web.AppRunner, url: str) -> None:
+        self.runner = runner
+        self.url = url
+
+
+async def serve_attacker_page(target: str) -> AttackerSite:
+    """A page on another port of 127.0.0.1 that submits a form to ``target`` as soon as it loads."""
+    page = (
+        f'<!doctype html><form method="post" action="{target}"><input name="csrf_token" value="guess"></form>'
+        "<script>document.forms[0].submit()</script>"
+    )
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text=page, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return AttackerSite(runner, f"http://127.0.0.1:{runner.addresses[0][1]}/")
 
 
 async def test_open_endpoints_and_bearer_only_for_ingest(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from sync.uplink.base import UplinkConfig
 from sync.uplink.factory import build_uplink
 from sync.uplink.sender import BatchUplink
 from tests.conftest import RunningReceiver, start_receiver, stop_receiver
+from tests.test_media_checks import real_jpeg
 
 
 class Faults:
@@ -188,7 +189,8 @@ async def test_event_too_large_for_receiver_is_isolated(tmp_path: Path, outbox: 
     try:
         await rx.add_pole("pole-1")
         small = [await outbox.put(NewEvent("reading", {"i": i, "pad": "y" * 2000})) for i in range(12)]
-        huge = await outbox.put(NewEvent("reading", {"pad": os.urandom(40_000).hex()}))
+        # Within what any receiver stores (sync.limits.MAX_DATA_BYTES), beyond what this one takes.
+        huge = await outbox.put(NewEvent("reading", {"pad": os.urandom(27_500).hex()}))
         await run_until(uplink_for(outbox, rx), drained(outbox))
         assert sorted(e["id"] for e in await rx.all_events()) == sorted(r.id for r in small)
         (dead,) = await outbox.dead_letters()
@@ -215,7 +217,7 @@ async def test_policy_refusal_becomes_a_dead_letter(tmp_path: Path, outbox: Outb
 
 
 async def test_media_follows_its_event(outbox: Outbox, rx: RunningReceiver, faults: Faults) -> None:
-    jpeg = b"\xff\xd8\xff\xe0" + os.urandom(5000) + b"\xff\xd9"
+    jpeg = real_jpeg(int.from_bytes(os.urandom(4)))
     sha = hashlib.sha256(jpeg).hexdigest()
     await outbox.put(NewEvent("presence", {"people": 1}, Priority.MEDIA, media=(jpeg,)))
     await outbox.put(NewEvent("presence", {"people": 2}, Priority.MEDIA, media=(jpeg,)))

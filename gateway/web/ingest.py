@@ -2,13 +2,15 @@
 
 The answer comes only after the events are committed. Images are not accepted
 here: every pixel that leaves the pole must have gone through redaction, and
-this door would bypass it.
+this door would bypass it. Nothing the receiver could not store gets in either
+(:mod:`sync.limits`: no NUL, 64-bit integers, bounded nesting and size), nor a
+``ts`` outside the window around now that ``http.max_future_s`` and
+``http.max_past_s`` allow: each is a 400 naming the field.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -17,7 +19,9 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, field_validator
 
+from httpkit.body import BadEncoding, BodyTooLarge, read_body, require_identity
 from httpkit.errors import json_error, json_response
+from sync import limits
 from sync.events import EventSink, Location, NewEvent, Priority
 from sync.outbox import EventTooLarge, OutboxDiskFull, OutboxFull
 from sync.protocol import EVENT_TYPE_PATTERN, PriorityName
@@ -38,8 +42,11 @@ class IngestEvent(BaseModel):
     @field_validator("ts")
     @classmethod
     def _sane_time(cls, value: float | None) -> float | None:
-        if value is not None and (not math.isfinite(value) or value < 0):
-            raise ValueError("must be a finite, non-negative epoch time in seconds")
+        if value is not None:
+            try:
+                limits.check_ts(value)
+            except limits.Unstorable as exc:
+                raise ValueError(exc.why) from None
         return value
 
 
@@ -59,13 +66,44 @@ def _field_errors(exc: ValidationError, listed: bool) -> str:
     return "; ".join(parts)
 
 
-def make_ingest_handler(sink: EventSink, location: LocationSource, max_events: int) -> Callable[[web.Request], Any]:
+def _storable_errors(items: list[IngestEvent], listed: bool, now: float, max_future_s: float, max_past_s: float) -> str:
+    """What of the validated events the receiver could not store, or a timestamp outside the window."""
+    parts = []
+    for n, item in enumerate(items):
+        prefix = f"events[{n}]." if listed else ""
+        if item.ts is not None and item.ts > now + max_future_s:
+            parts.append(f"{prefix}ts: more than {max_future_s:.0f} s in the future (http.max_future_s)")
+        elif item.ts is not None and item.ts < now - max_past_s:
+            parts.append(f"{prefix}ts: more than {max_past_s:.0f} s in the past (http.max_past_s)")
+        try:
+            limits.check_data(item.data)
+        except limits.Unstorable as exc:
+            parts.append(prefix + str(exc))
+        if len(parts) >= 5:
+            break
+    return "; ".join(parts)
+
+
+def make_ingest_handler(
+    sink: EventSink,
+    location: LocationSource,
+    max_events: int,
+    max_future_s: float = 86_400.0,
+    max_past_s: float = 30 * 86_400.0,
+    max_body_bytes: int = 1_000_000,
+) -> Callable[[web.Request], Any]:
     async def post_events(request: web.Request) -> web.Response:
         if request.content_type != "application/json":
             return json_error(415, f"content type must be application/json, not {request.content_type!r}")
-        raw = await request.read()
         try:
-            doc = orjson.loads(raw)
+            require_identity(request)
+            raw = await read_body(request, max_body_bytes)
+        except BadEncoding as exc:
+            return json_error(exc.status, str(exc))
+        except BodyTooLarge as exc:
+            return json_error(413, str(exc))
+        try:
+            doc = limits.loads(raw)
         except orjson.JSONDecodeError as exc:
             return json_error(400, f"body is not valid JSON: {exc}")
         listed = isinstance(doc, list)
@@ -77,8 +115,11 @@ def make_ingest_handler(sink: EventSink, location: LocationSource, max_events: i
             items = _MANY.validate_python(doc) if listed else [_ONE.validate_python(doc)]
         except ValidationError as exc:
             return json_error(400, _field_errors(exc, listed))
-        here = location()
         now = time.time()
+        problems = _storable_errors(items, listed, now, max_future_s, max_past_s)
+        if problems:
+            return json_error(400, problems)
+        here = location()
         events = [
             NewEvent(
                 type=i.type,

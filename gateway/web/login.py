@@ -4,13 +4,20 @@ Technicians log in with a password whose scrypt hash is in the config
 (``smartpole hash-password`` makes one) and get a session cookie; programs on
 the pole use ``Authorization: Bearer <ingest token>``. Only ``/healthz``,
 ``/metrics``, the login page and static files are open.
+
+Every request that changes something must come from the page's own origin and,
+once logged in, carry the session's CSRF token (:mod:`httpkit.csrf`).
+
+Guessing is bounded (:mod:`httpkit.throttle`): one attempt at a time per client
+address, a back-off doubling from 2 s after three failures in a row, and at most
+30 failed logins a minute from all addresses; beyond that a 429 with
+``Retry-After``. The password is checked in a thread of its own
+(:mod:`httpkit.passwords`), never on the event loop the ingest API shares.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import hmac
 import secrets
 import time
@@ -18,35 +25,16 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from httpkit.csrf import CsrfGuard
+from httpkit.errors import json_error
+from httpkit.passwords import PasswordChecker, hash_password, is_password_hash, verify_password
+from httpkit.throttle import LoginThrottle, retry_after
+
+__all__ = ["SESSION_COOKIE", "Sessions", "WebAuth", "hash_password", "is_password_hash", "verify_password"]
+
 SESSION_COOKIE = "smartpole_session"
 OPEN_PATHS = ("/healthz", "/metrics", "/login", "/static/")
-
-_N, _R, _P = 2**14, 8, 1
-
-
-def hash_password(password: str) -> str:
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=32)
-    return f"scrypt${_N}${_R}${_P}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-
-
-def verify_password(password: str, encoded: str) -> bool:
-    try:
-        scheme, n, r, p, salt, digest = encoded.split("$")
-        if scheme != "scrypt":
-            return False
-        expected = base64.b64decode(digest)
-        got = hashlib.scrypt(
-            password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=len(expected)
-        )
-    except (ValueError, TypeError):
-        return False
-    return hmac.compare_digest(got, expected)
-
-
-def is_password_hash(encoded: str) -> bool:
-    parts = encoded.split("$")
-    return len(parts) == 6 and parts[0] == "scrypt"
+FAILED_LOGIN_DELAY_S = 1.0
 
 
 class Sessions:
@@ -77,13 +65,37 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class WebAuth:
     """The login check for every route, as an aiohttp middleware, plus the login and logout handlers."""
 
-    def __init__(self, password_hash: str | None, ingest_token: str | None, session_hours: float) -> None:
+    def __init__(
+        self,
+        password_hash: str | None,
+        ingest_token: str | None,
+        session_hours: float,
+        throttle: LoginThrottle | None = None,
+    ) -> None:
         self.password_hash = password_hash
         self.ingest_token = ingest_token
         self.sessions = Sessions(session_hours * 3600)
+        self.throttle = throttle or LoginThrottle()
+        self.checker = PasswordChecker(max_concurrent=1)
+        self.csrf = CsrfGuard()
+        # How a refused login is shown: the login page with this message (set by the status page).
+        self.login_page: Callable[[str], str] = lambda message: message
+
+    def close(self) -> None:
+        self.checker.close()
+
+    def session(self, request: web.Request) -> str | None:
+        """The request's valid session id, if it has one."""
+        token = request.cookies.get(SESSION_COOKIE)
+        return token if self.sessions.valid(token) else None
 
     def logged_in(self, request: web.Request) -> bool:
-        return self.sessions.valid(request.cookies.get(SESSION_COOKIE))
+        return self.session(request) is not None
+
+    def csrf_token(self, request: web.Request) -> str:
+        """The token the page of this request's session puts in its forms and scripts."""
+        session = self.session(request)
+        return self.csrf.token(session) if session is not None else ""
 
     def _bearer_ok(self, request: web.Request) -> bool:
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")
@@ -95,7 +107,11 @@ class WebAuth:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(OPEN_PATHS) or self.logged_in(request):
+        session = self.session(request)
+        if session is not None or request.path.startswith(OPEN_PATHS):
+            refusal = await self.csrf.refusal(request, session)
+            if refusal is not None:
+                return json_error(403, refusal)
             return await handler(request)
         if request.path == "/v1/events" and self._bearer_ok(request):
             return await handler(request)
@@ -104,11 +120,26 @@ class WebAuth:
         return web.json_response({"error": "login or bearer token required"}, status=401)
 
     async def login(self, request: web.Request) -> web.StreamResponse:
-        form = await request.post()
-        password = str(form.get("password", ""))
-        if self.password_hash is None or not verify_password(password, self.password_hash):
-            await asyncio.sleep(1.0)  # slows guessing down; the pole has no account lockout
-            raise web.HTTPFound("/login?failed=1")
+        client = request.remote or "unknown"
+        wait = self.throttle.begin(client)
+        if wait is not None:
+            seconds = retry_after(wait)
+            return web.Response(
+                status=429,
+                text=self.login_page(f"Too many failed logins. Try again in {seconds} s."),
+                content_type="text/html",
+                headers={"Retry-After": seconds},
+            )
+        try:
+            form = await request.post()
+            password = str(form.get("password", ""))
+            if self.password_hash is None or not await self.checker.verify(password, self.password_hash):
+                self.throttle.failed(client)
+                await asyncio.sleep(FAILED_LOGIN_DELAY_S)
+                raise web.HTTPFound("/login?failed=1")
+            self.throttle.succeeded(client)
+        finally:
+            self.throttle.end(client)
         response = web.HTTPFound("/")
         response.set_cookie(
             SESSION_COOKIE,

@@ -7,8 +7,10 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from gateway.web.login import is_password_hash
+from httpkit.body import NO_AUTO_DECOMPRESS
 from httpkit.errors import json_errors
+from httpkit.headers import security_headers
+from httpkit.passwords import is_password_hash
 
 log = structlog.get_logger("http")
 
@@ -35,6 +37,24 @@ class HttpConfig(BaseModel):
         "SMARTPOLE_HTTP_INGEST_TOKEN overrides it.",
     )
     session_hours: float = Field(8.0, gt=0, le=168, description="How long a technician stays logged in.")
+    login_free_failures: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Failed logins in a row from one address before its back-off starts (2 s, doubling).",
+    )
+    login_failures_per_minute: int = Field(
+        30, ge=1, description="Failed logins a minute from all addresses together; beyond, every login gets a 429."
+    )
+    max_future_s: float = Field(
+        86_400.0, gt=0, description="POST /v1/events refuses a ts further than this many seconds in the future."
+    )
+    max_past_s: float = Field(
+        30 * 86_400.0,
+        gt=0,
+        description="POST /v1/events refuses a ts further than this many seconds in the past "
+        "(default: the longest outbox TTL).",
+    )
 
     @field_validator("password_hash")
     @classmethod
@@ -57,10 +77,13 @@ class LocalServer:
     def __init__(self, config: HttpConfig, auth: Middleware | None = None) -> None:
         """``auth`` guards every route (see gateway.web.login); tests may leave it out."""
         self.config = config
-        middlewares: list[Middleware] = [json_errors(config.max_body_bytes)]
+        middlewares: list[Middleware] = [security_headers, json_errors(config.max_body_bytes)]
         if auth is not None:
             middlewares.append(auth)
-        self.app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
+        # No automatic gunzip: nothing here takes compressed bodies (see httpkit.body).
+        self.app = web.Application(
+            client_max_size=config.max_body_bytes, middlewares=middlewares, handler_args=NO_AUTO_DECOMPRESS
+        )
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 

@@ -52,6 +52,7 @@ class StatusPage:
     def __init__(self, source: StatusSource, auth: WebAuth) -> None:
         self.source = source
         self.auth = auth
+        auth.login_page = self._login_html
 
     def register(self, app: web.Application) -> None:
         app.router.add_get("/", self.page)
@@ -71,17 +72,21 @@ class StatusPage:
         values.update({k: _rows(v) for k, v in view["tables"].items()})
         values.update({f"{k}_class": v for k, v in view["states"].items()})
         values["snapshot"] = html.escape(view["images"]["snapshot"])
+        values["csrf_token"] = html.escape(self.auth.csrf_token(request))
         return web.Response(text=_PAGE.substitute(values), content_type="text/html")
+
+    def _login_html(self, error: str) -> str:
+        message = f'<p class="error">{html.escape(error)}</p>' if error else ""
+        return _LOGIN.substitute(pole_id=html.escape(self.source.pole_id), message=message)
 
     async def login_page(self, request: web.Request) -> web.Response:
         if self.auth.password_hash is None:
-            message = '<p class="error">No technician password is configured on this pole (http.password_hash).</p>'
+            error = "No technician password is configured on this pole (http.password_hash)."
         elif "failed" in request.query:
-            message = '<p class="error">Wrong password.</p>'
+            error = "Wrong password."
         else:
-            message = ""
-        body = _LOGIN.substitute(pole_id=html.escape(self.source.pole_id), message=message)
-        return web.Response(text=body, content_type="text/html")
+            error = ""
+        return web.Response(text=self._login_html(error), content_type="text/html")
 
     async def status_json(self, request: web.Request) -> web.Response:
         status = await self.source.status()

@@ -4,18 +4,45 @@ The daemon gathers a raw status (numbers, for machines: ``/status.json`` carries
 it as ``status``); this module turns it into display strings and table rows
 (``view``). The server renders the first page from the view and the page's
 script refreshes it from the same view, so formatting lives in one place.
+
+Every formatter is total: whatever value it is handed (a timestamp of 1e20, NaN, an
+integer too long to print) it returns text, so no stored value can break the page.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from gateway.status import PoleStatus
 
 Cell = str | dict[str, str]
+F = TypeVar("F", bound=Callable[..., str])
+INVALID = "?"
 
 
+def _total(formatter: F) -> F:
+    """The formatter, answering ``?`` where it would have raised."""
+
+    @functools.wraps(formatter)
+    def total(*args: Any, **kwargs: Any) -> str:
+        try:
+            return formatter(*args, **kwargs)
+        except Exception:
+            return INVALID
+
+    return total  # type: ignore[return-value]
+
+
+@_total
+def fmt_text(value: Any) -> str:
+    return str(value)
+
+
+@_total
 def fmt_bytes(n: float | None) -> str:
     if n is None:
         return "–"
@@ -26,6 +53,7 @@ def fmt_bytes(n: float | None) -> str:
     return f"{n:.1f} TB"
 
 
+@_total
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "–"
@@ -39,22 +67,30 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{s // 86400} d {s % 86400 // 3600} h"
 
 
+@_total
 def fmt_ago(ts: float | None, now: float) -> str:
     return "never" if ts is None else f"{fmt_duration(max(0.0, now - ts))} ago"
 
 
+@_total
 def fmt_time(ts: float | None) -> str:
-    return "–" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    if ts is None:
+        return "–"
+    if not math.isfinite(ts):
+        return INVALID
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
+@_total
 def fmt_counts(counts: dict[str, int] | None) -> str:
     if not counts:
         return "none"
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    return ", ".join(f"{fmt_text(k)} {fmt_text(v)}" for k, v in sorted(counts.items(), key=lambda kv: fmt_text(kv[0])))
 
 
+@_total
 def _summary(data: dict[str, Any], limit: int = 90) -> str:
-    text = ", ".join(f"{k}={v}" for k, v in data.items() if not isinstance(v, (dict, list)))
+    text = ", ".join(f"{fmt_text(k)}={fmt_text(v)}" for k, v in data.items() if not isinstance(v, (dict, list)))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -90,6 +126,7 @@ def build_view(status: PoleStatus) -> dict[str, Any]:
         "uplink_batches": fmt_counts(uplink.batches),
         "uplink_sent": f"{uplink.events_sent} events, {fmt_bytes(uplink.bytes_sent)}",
         "uplink_remote_config": uplink.remote_config_version or "–",
+        "uplink_security": f"INSECURE: {uplink.warning}" if uplink.warning else "TLS or this machine",
         "disk_free": f"{fmt_bytes(disk.free_bytes)} free of {fmt_bytes(disk.total_bytes)}",
         "redactions": fmt_counts(status.redactions),
         "updated": fmt_time(now),
@@ -150,5 +187,6 @@ def build_view(status: PoleStatus) -> dict[str, Any]:
     states = {
         "uplink_state": {"idle": "ok", "sending": "ok", "starting": "warn", "backoff": "warn"}.get(uplink.state, "bad"),
         "outbox_dead": "warn" if outbox.dead_letters else "ok",
+        "uplink_security": "bad" if uplink.warning else "ok",
     }
     return {"text": text, "tables": tables, "images": images, "states": states}

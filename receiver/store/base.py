@@ -4,17 +4,30 @@ Effectively-once delivery rests on one unique key, (pole id, event id): a
 replayed batch inserts nothing new and its events come back as duplicates.
 A batch is stored in one transaction together with the pole's last-seen
 time and status, so a reply never claims more than the database holds.
+
+Errors are of two kinds. A *data* error (the database refuses a value of one
+event) costs that event alone: the batch is written one event at a time to find
+which, and those come back in ``InsertResult.rejected`` for the pole to
+dead-letter. Anything else (connection lost, database down) is a
+:class:`StoreError`, answered 503: the pole retries the batch later.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sync.protocol import WireEvent
+from sync.protocol import Rejection, WireEvent
 
 # Schema migrations are numbered; each backend lists its own statements per version.
-SCHEMA_VERSION = 1
+# 2: tokens get a public id (the first 12 hex digits of their hash) and the time of their last use.
+SCHEMA_VERSION = 2
+TOKEN_ID_LENGTH = 12
+
+
+def token_id_of(token_hash: str) -> str:
+    """A token's public id: not secret (it is part of a one-way hash), shown in listings and used to revoke."""
+    return token_hash[:TOKEN_ID_LENGTH]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +36,20 @@ class TokenInfo:
     pole_id: str | None
     name: str | None
     revoked: bool
+    token_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A token as listings show it: everything but the secret, which is never stored."""
+
+    token_id: str
+    role: str
+    pole_id: str | None
+    name: str | None
+    created_at: float
+    last_used_at: float | None
+    revoked_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +57,7 @@ class InsertResult:
     accepted: list[str]
     duplicates: list[str]
     missing_media: list[str]
+    rejected: list[Rejection] = field(default_factory=list)  # events the database refused (a data error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +100,12 @@ class StoreError(Exception):
     """The store cannot serve right now (database down); callers answer 503."""
 
 
+def refused_by_database(exc: BaseException) -> str:
+    """The reason given to a pole for an event its database refused: the error's class and first line."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"the database refused this event ({type(exc).__name__}: {first[:200]})"
+
+
 class Store(Protocol):
     """What the receiver needs from a database."""
 
@@ -90,6 +124,20 @@ class Store(Protocol):
     async def add_token(self, token_hash: str, role: str, pole_id: str | None, name: str | None) -> None: ...
 
     async def revoke_pole(self, pole_id: str) -> int: ...
+
+    async def list_tokens(self) -> list[TokenRecord]: ...
+
+    async def tokens_with_prefix(self, prefix: str) -> list[TokenRecord]:
+        """Tokens whose id starts with ``prefix`` (lowercase hex)."""
+        ...
+
+    async def revoke_token(self, token_id: str) -> bool:
+        """Revoke one token by its full id; False if there is none or it was already revoked."""
+        ...
+
+    async def touch_token(self, token_id: str, when: float) -> None:
+        """Record a use of the token (callers do this at most once a minute per token)."""
+        ...
 
     async def insert_batch(
         self, pole_id: str, batch_id: str, events: list[WireEvent], status: dict[str, Any] | None, now: float

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from sync.outbox import Outbox
+from sync.transport import insecure_url_problem
 
 UplinkStateName = Literal["starting", "idle", "sending", "backoff", "auth_failed"]
 
@@ -63,10 +64,15 @@ class UplinkConfig(BaseModel):
         description="'http' posts batches to a receiver; 'mqtt' publishes them through a broker and waits for the "
         "receiver's reply; 'simulated' acknowledges locally (bench work only).",
     )
+    allow_insecure: bool = Field(
+        False,
+        description="Allow an http:// (or mqtt://) url to a host other than this machine (no TLS: the token and "
+        "events cross the network in clear). The log and the status page then warn.",
+    )
     url: str = Field(
         "http://127.0.0.1:8480",
-        description="kind 'http': base URL of the receiver (https:// in the field). "
-        "kind 'mqtt': the broker as mqtts://HOST:PORT (TLS) or mqtt://HOST:PORT.",
+        description="kind 'http': base URL of the receiver, https:// (http:// only to this machine or with "
+        "allow_insecure). kind 'mqtt': the broker, mqtts://HOST[:PORT] (mqtt:// likewise).",
     )
     token: SecretStr | None = Field(
         None, description="This pole's bearer token from 'smartpole receiver add-pole'; prefer SMARTPOLE_UPLINK_TOKEN."
@@ -104,6 +110,25 @@ class UplinkConfig(BaseModel):
     def in_flight(self) -> int:
         return self.max_in_flight or (4 if self.kind == "mqtt" else 1)
 
+    @field_validator("url")
+    @classmethod
+    def _tls_unless_allowed(cls, url: str, info: ValidationInfo) -> str:
+        problem = _url_problem(url, info.data.get("kind", "http"))
+        plain = url.lower().startswith(("http://", "mqtt://"))
+        if problem is not None and not (info.data.get("allow_insecure") and plain):
+            raise ValueError(problem)
+        return url
+
+    def insecure_warning(self) -> str | None:
+        """What to warn about when ``allow_insecure`` lets a URL without TLS through."""
+        return None if self.kind == "simulated" else _url_problem(self.url, self.kind)
+
+
+def _url_problem(url: str, kind: str) -> str | None:
+    if kind == "mqtt":
+        return insecure_url_problem(url, secure=("mqtts",), plain=("mqtt",))
+    return insecure_url_problem(url)
+
 
 @dataclass
 class UplinkState:
@@ -120,6 +145,7 @@ class UplinkState:
     dead_lettered: int = 0
     remote_config_version: str | None = None
     drain_events_per_s: float = 0.0
+    warning: str | None = None  # e.g. sending without TLS (allow_insecure)
 
     def count(self, result: str) -> None:
         self.batches[result] = self.batches.get(result, 0) + 1

@@ -93,6 +93,9 @@ class BatchUplink:
         self._read_lock = asyncio.Lock()
         self._settled: asyncio.Queue[_Settlement] = asyncio.Queue()
         self._last_sent = 0.0
+        self.state.warning = config.insecure_warning()
+        if self.state.warning is not None:
+            log.warning("uplink_insecure", url=config.url, problem=self.state.warning)
 
     def sync_now(self) -> None:
         self._wake.set()

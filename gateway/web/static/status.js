@@ -53,7 +53,9 @@ async function act(button) {
   const result = document.getElementById("action-result");
   button.disabled = true;
   try {
-    const response = await fetch(button.dataset.action, { method: "POST" });
+    // The session's CSRF token: without it the server refuses any action (see httpkit/csrf.py).
+    const token = document.querySelector('meta[name="csrf-token"]').content;
+    const response = await fetch(button.dataset.action, { method: "POST", headers: { "X-CSRF-Token": token } });
     const body = await response.json();
     result.textContent = body.message || body.error || response.statusText;
   } catch (err) {

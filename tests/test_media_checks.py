@@ -1,0 +1,63 @@
+"""Media must decode as a JPEG (not merely start with FF D8 FF), within a size a pole can make,
+and is served with X-Content-Type-Options: nosniff, so no browser takes it for anything else."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import aiohttp
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import RunningReceiver
+
+
+def real_jpeg(seed: int = 0, width: int = 64, height: int = 48) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    ok, encoded = cv2.imencode(".jpg", pixels)
+    assert ok
+    return encoded.tobytes()
+
+
+def claimed_size(jpeg: bytes, width: int, height: int) -> bytes:
+    """The JPEG with its frame header (SOF0) saying another size."""
+    at = jpeg.index(b"\xff\xc0")
+    return jpeg[: at + 5] + struct.pack(">HH", height, width) + jpeg[at + 9 :]
+
+
+NOT_JPEGS = {
+    "magic and junk": b"\xff\xd8\xff\xe0" + b"<script>alert(1)</script>" * 40 + b"\xff\xd9",
+    "html after the magic": b"\xff\xd8\xff<html><body>hi</body></html>",
+    "cut in half": real_jpeg(1)[:400],
+    "no end marker": real_jpeg(2)[:-2],
+    "a picture of 60000 x 60000": claimed_size(real_jpeg(3), 60000, 60000),
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_JPEGS))
+async def test_what_does_not_decode_as_a_jpeg_is_refused(receiver: RunningReceiver, name: str) -> None:
+    body = NOT_JPEGS[name]
+    sha = hashlib.sha256(body).hexdigest()
+    headers = {"Authorization": f"Bearer {receiver.tokens['pole-1']}", "Content-Type": "image/jpeg"}
+    async with aiohttp.ClientSession() as s, s.put(f"{receiver.url}/v1/media/{sha}", data=body, headers=headers) as r:
+        assert r.status == 415, await r.text()
+        assert "JPEG" in (await r.json())["error"]
+    assert not receiver.receiver.media.path(sha).exists()
+
+
+async def test_a_jpeg_is_stored_and_served_with_nosniff(receiver: RunningReceiver) -> None:
+    body = real_jpeg(4)
+    sha = hashlib.sha256(body).hexdigest()
+    headers = {"Authorization": f"Bearer {receiver.tokens['pole-1']}", "Content-Type": "image/jpeg"}
+    reader = await receiver.add_reader()
+    async with aiohttp.ClientSession() as s:
+        async with s.put(f"{receiver.url}/v1/media/{sha}", data=body, headers=headers) as r:
+            assert r.status == 201, await r.text()
+        async with s.get(f"{receiver.url}/v1/media/{sha}", headers={"Authorization": f"Bearer {reader}"}) as r:
+            assert r.status == 200 and await r.read() == body
+            assert r.headers["Content-Type"] == "image/jpeg"
+            assert r.headers["X-Content-Type-Options"] == "nosniff"
+        async with s.get(f"{receiver.url}/v1/events", headers={"Authorization": f"Bearer {reader}"}) as r:
+            assert r.headers["X-Content-Type-Options"] == "nosniff", "every answer says it"
