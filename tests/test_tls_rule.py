@@ -56,6 +56,23 @@ def test_other_schemes_and_broker_urls() -> None:
     assert insecure_url_problem("mqtt://127.0.0.1:1883", secure=("mqtts",), plain=("mqtt",)) is None
 
 
+def test_the_mqtt_uplink_and_the_receivers_consumer_follow_the_same_rule() -> None:
+    from receiver.config import MqttSection
+
+    assert UplinkConfig(kind="mqtt", url="mqtts://broker.example.org").insecure_warning() is None
+    assert UplinkConfig(kind="mqtt", url="mqtt://127.0.0.1:1883").insecure_warning() is None
+    with pytest.raises(ValidationError, match="without TLS"):
+        UplinkConfig(kind="mqtt", url="mqtt://broker.example.org")
+    with pytest.raises(ValidationError, match="mqtts://"):
+        UplinkConfig(kind="mqtt", url="https://broker.example.org")
+    allowed = UplinkConfig(kind="mqtt", url="mqtt://broker.example.org", allow_insecure=True)
+    assert "without TLS" in (allowed.insecure_warning() or "")
+    with pytest.raises(ValidationError, match="without TLS"):
+        MqttSection(url="mqtt://broker.example.org")
+    assert MqttSection(url="mqtt://broker.example.org", allow_insecure=True).insecure_warning()
+    assert MqttSection(url="mqtts://broker.example.org").insecure_warning() is None
+
+
 def test_check_config_refuses_it(tmp_path: Path) -> None:
     path = tmp_path / "pole.toml"
     path.write_text('[uplink]\nurl = "http://receiver.example.org:8480"\n')
