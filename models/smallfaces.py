@@ -1,0 +1,131 @@
+"""The small-face pass: a band of the frame cut into overlapping tiles, each enlarged for the face model.
+
+CenterFace finds a face once it is about 20 px high in its input; the
+whole-frame pass sees the frame scaled to ``face_max_side``, so at 1920x1080 a
+face needs about 60 px to be found there, and at 640x480 about 16 px. The
+tiles give the model every part of the band ``upscale`` times larger (a 10 px
+face becomes 20 px), at a cost that grows with the band's area times
+``upscale`` squared: the band is where people can be, and the overlap between
+tiles is as large as the biggest face the tiles must see whole.
+
+Tiles all have one size, so a set of them goes through the model in one batched
+call; the still redactor scans every tile of a frame, the video redactor a few
+per frame (:mod:`gateway.vision.videoredact`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from models.detection import Box, Detection, FaceDetector, offset
+
+
+class SmallFaceConfig(BaseModel):
+    """The tiled, enlarged face pass for faces too small for the whole-frame pass."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        True,
+        description="Run the tiled pass (off: faces under about 16-60 px, by resolution, "
+        "are found only on people the person detector finds).",
+    )
+    band: tuple[float, float] = Field(
+        (0.0, 1.0),
+        description="Top and bottom of the horizontal band of the frame that is tiled, as fractions of its height "
+        "(where people can be seen small: the far side of the street); cost grows with its height.",
+    )
+    upscale: float = Field(
+        2.0,
+        ge=1.0,
+        le=4.0,
+        description="How much each tile is enlarged for the face model (2: 10 px faces are seen "
+        "at 20 px, about the least CenterFace finds).",
+    )
+    tile_px: int = Field(
+        384, ge=128, le=1024, multiple_of=32, description="Side of a tile as the face model sees it (after enlarging)."
+    )
+    overlap: float = Field(
+        0.25,
+        ge=0.0,
+        le=0.5,
+        description="Overlap of neighbouring tiles, as a fraction of a tile: a face up to this size is whole in "
+        "some tile (larger ones are the whole-frame and person passes' job).",
+    )
+
+    @field_validator("band")
+    @classmethod
+    def _ordered(cls, band: tuple[float, float]) -> tuple[float, float]:
+        top, bottom = band
+        if not 0.0 <= top < bottom <= 1.0:
+            raise ValueError(f"band {list(band)} must be [top, bottom] with 0 <= top < bottom <= 1")
+        return band
+
+
+@dataclass(frozen=True, slots=True)
+class Tile:
+    """One tile in frame pixels (integer bounds); ``index`` is its place in the grid."""
+
+    index: int
+    box: tuple[int, int, int, int]
+
+
+def tile_grid(width: int, height: int, config: SmallFaceConfig) -> list[Tile]:
+    """Tiles of one size covering the band of a ``width`` x ``height`` frame, overlapping by ``config.overlap``."""
+    side = max(16, int(round(config.tile_px / config.upscale)))
+    top = int(np.floor(config.band[0] * height))
+    bottom = int(np.ceil(config.band[1] * height))
+    tw, th = min(side, width), min(side, bottom - top)
+    stride_x = max(1, int(tw * (1 - config.overlap)))
+    stride_y = max(1, int(th * (1 - config.overlap)))
+
+    def starts(begin: int, end: int, size: int, stride: int) -> list[int]:
+        out = list(range(begin, max(begin, end - size) + 1, stride))
+        if out[-1] + size < end:
+            out.append(end - size)  # the last tile sits on the edge rather than past it
+        return out
+
+    xs = starts(0, width, tw, stride_x)
+    ys = starts(top, bottom, th, stride_y)
+    return [Tile(i, (x, y, x + tw, y + th)) for i, (y, x) in enumerate((y, x) for y in ys for x in xs)]
+
+
+def scan_tiles(
+    detector: FaceDetector, image: np.ndarray, tiles: Sequence[Tile], upscale: float, threshold: float
+) -> list[tuple[Tile, Detection]]:
+    """Faces in ``tiles`` of ``image`` (in frame pixels), each found by enlarging its tile ``upscale`` times.
+
+    Tiles of other sizes than the first (a frame smaller than a tile) are scanned in a batch of their own.
+    """
+    groups: dict[tuple[int, int], list[Tile]] = {}
+    for tile in tiles:
+        x1, y1, x2, y2 = tile.box
+        groups.setdefault((x2 - x1, y2 - y1), []).append(tile)
+    found: list[tuple[Tile, Detection]] = []
+    for (w, h), group in groups.items():
+        size = (int(round(w * upscale)), int(round(h * upscale)))
+        crops = [
+            cv2.resize(image[t.box[1] : t.box[3], t.box[0] : t.box[2]], size, interpolation=cv2.INTER_LINEAR)
+            for t in group
+        ]
+        for tile, faces in zip(group, detector.detect_batch(crops, threshold), strict=True):
+            sx = w / size[0]
+            found += [
+                (tile, Detection(d.label, d.score, offset(d.box, tile.box[0], tile.box[1], 1 / sx))) for d in faces
+            ]
+    return found
+
+
+def tile_of(tiles: Sequence[Tile], box: Box) -> Tile | None:
+    """The first tile holding the centre of ``box``."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    for tile in tiles:
+        x1, y1, x2, y2 = tile.box
+        if x1 <= cx < x2 and y1 <= cy < y2:
+            return tile
+    return None
