@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.detection import Box, FaceDetector, covered_fraction, expand, iou, offset, to_pixels
 from models.plates import PlateFinder
-from models.smallfaces import SmallFaceConfig, Tile, scan_tiles, tile_grid
+from models.smallfaces import SmallFaceConfig, Tile, TileMemory, scan_tiles, tile_grid
 
 Method = Literal["pixelate", "blur", "fill"]
 Kind = Literal["face", "plate"]
@@ -204,15 +204,33 @@ class Redactor:
     def available(self) -> bool:
         return self.unavailable is None
 
-    def redact(self, image: np.ndarray, people: Sequence[Box], vehicles: Sequence[Box]) -> Redaction:
-        """A redacted copy of ``image``; ``people`` and ``vehicles`` are the detector's boxes in it."""
+    def redact(
+        self,
+        image: np.ndarray,
+        people: Sequence[Box],
+        vehicles: Sequence[Box],
+        memory: TileMemory | None = None,
+        now: float = 0.0,
+    ) -> Redaction:
+        """A redacted copy of ``image``; ``people`` and ``vehicles`` are the detector's boxes in it.
+
+        With a camera's ``memory``, only the tiles it says are due (motion, age at ``now``) are scanned
+        and the others' last finds are covered; without, every tile of the band is scanned.
+        """
         self.check()
         c = self.config
         try:
             found = self.whole_frame_faces(image) + self.head_faces(image, people)
             if c.small_faces.enabled:
                 height, width = image.shape[:2]
-                found += self.tile_faces(image, tile_grid(width, height, c.small_faces))
+                if memory is None:
+                    found += [f for _, f in self.tile_faces(image, tile_grid(width, height, c.small_faces))]
+                else:
+                    assert self.faces is not None
+                    due = memory.due(width, height, now)
+                    t = c.face_second_pass_threshold
+                    memory.store(due, scan_tiles(self.faces, image, due, c.small_faces.upscale, t), now)
+                    found += [("face", d.box, d.score) for d in memory.found()]
             found += self.plates_in(image, vehicles)
         except Exception as exc:
             raise RedactionUnavailable(f"redaction failed: {type(exc).__name__}: {exc}") from exc
@@ -273,12 +291,12 @@ class Redactor:
             found += [("face", offset(d.box, x1, y1, scale), d.score) for d in faces]
         return found
 
-    def tile_faces(self, image: np.ndarray, tiles: Sequence[Tile]) -> list[Find]:
-        """Small faces in ``tiles`` of the band, enlarged ``small_faces.upscale`` times."""
+    def tile_faces(self, image: np.ndarray, tiles: Sequence[Tile]) -> list[tuple[Tile, Find]]:
+        """Small faces in ``tiles`` of the band, enlarged ``small_faces.upscale`` times, with the tile of each."""
         assert self.faces is not None
         c = self.config
         found = scan_tiles(self.faces, image, tiles, c.small_faces.upscale, c.face_second_pass_threshold)
-        return [("face", d.box, d.score) for _, d in found]
+        return [(tile, ("face", d.box, d.score)) for tile, d in found]
 
     def plates_in(self, image: np.ndarray, vehicles: Sequence[Box]) -> list[Find]:
         """Plate candidates in every vehicle box large enough to hold a legible one."""

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from models.detection import Box, Detection, FaceDetector, offset
+from models.detection import Detection, FaceDetector, offset
 
 
 class SmallFaceConfig(BaseModel):
@@ -56,6 +56,13 @@ class SmallFaceConfig(BaseModel):
         le=0.5,
         description="Overlap of neighbouring tiles, as a fraction of a tile: a face up to this size is whole in "
         "some tile (larger ones are the whole-frame and person passes' job).",
+    )
+
+    rescan_s: float = Field(
+        30.0,
+        gt=0,
+        description="On a camera, a tile's last scan is reused for snapshots for at most this long while the motion "
+        "gate sees nothing move in it.",
     )
 
     @field_validator("band")
@@ -121,11 +128,52 @@ def scan_tiles(
     return found
 
 
-def tile_of(tiles: Sequence[Tile], box: Box) -> Tile | None:
-    """The first tile holding the centre of ``box``."""
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    for tile in tiles:
-        x1, y1, x2, y2 = tile.box
-        if x1 <= cx < x2 and y1 <= cy < y2:
-            return tile
-    return None
+class TileMemory:
+    """What the last scan of each tile found, reused while nothing moved there.
+
+    A tile is scanned again when motion touched it since its last scan, or
+    when that scan is older than ``max_age_s`` (motion the gate is too coarse
+    to see, at 160 px wide, still gets looked at). A quiet scene then costs
+    nothing, a busy one as much as the area that moves.
+    """
+
+    def __init__(self, config: SmallFaceConfig) -> None:
+        self.config = config
+        self.max_age_s = config.rescan_s
+        self.tiles: list[Tile] = []
+        self._size: tuple[int, int] | None = None
+        self._found: dict[int, list[Detection]] = {}
+        self._scanned: dict[int, float] = {}
+        self._dirty: set[int] = set()
+
+    def touch(self, region: tuple[float, float, float, float] | None) -> None:
+        """Motion in ``region`` (frame pixels; None: anywhere)."""
+        for tile in self.tiles:
+            x1, y1, x2, y2 = tile.box
+            if region is None or (region[0] < x2 and x1 < region[2] and region[1] < y2 and y1 < region[3]):
+                self._dirty.add(tile.index)
+
+    def due(self, width: int, height: int, now: float) -> list[Tile]:
+        """The tiles to scan now on a ``width`` x ``height`` frame."""
+        if self._size != (width, height):
+            self._size = (width, height)
+            self.tiles = tile_grid(width, height, self.config)
+            self._found.clear()
+            self._scanned.clear()
+            self._dirty = {t.index for t in self.tiles}
+        return [
+            t
+            for t in self.tiles
+            if t.index in self._dirty or now - self._scanned.get(t.index, -float("inf")) > self.max_age_s
+        ]
+
+    def store(self, scanned: Sequence[Tile], found: Sequence[tuple[Tile, Detection]], now: float) -> None:
+        for tile in scanned:
+            self._found[tile.index] = []
+            self._scanned[tile.index] = now
+            self._dirty.discard(tile.index)
+        for tile, detection in found:
+            self._found[tile.index].append(detection)
+
+    def found(self) -> list[Detection]:
+        return [d for ds in self._found.values() for d in ds]

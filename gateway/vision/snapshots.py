@@ -20,6 +20,7 @@ import structlog
 from gateway.vision.config import SnapshotConfig
 from models.detection import Box
 from models.redact import RedactionUnavailable, Redactor
+from models.smallfaces import TileMemory
 
 log = structlog.get_logger(__name__)
 
@@ -64,12 +65,22 @@ class SnapshotMaker:
         self._failing = False
 
     def make(
-        self, image: np.ndarray, people: Sequence[Box], vehicles: Sequence[Box], ts: float, camera: str
+        self,
+        image: np.ndarray,
+        people: Sequence[Box],
+        vehicles: Sequence[Box],
+        ts: float,
+        camera: str,
+        memory: TileMemory | None = None,
+        now: float = 0.0,
     ) -> Snapshot | None:
-        """A redacted snapshot of ``image``, or None when redaction is unavailable (nothing is encoded then)."""
+        """A redacted snapshot of ``image``, or None when redaction is unavailable (nothing is encoded then).
+
+        ``memory`` is the camera's small-face tile memory (see :meth:`models.redact.Redactor.redact`).
+        """
         start = time.perf_counter()
         try:
-            redaction = self.redactor.redact(image, people, vehicles)
+            redaction = self.redactor.redact(image, people, vehicles, memory, now)
         except RedactionUnavailable as exc:
             with self._lock:
                 self._withheld += 1
