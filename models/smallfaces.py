@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from models.detection import Detection, FaceDetector, offset
+from models.detection import Box, Detection, FaceDetector, offset
 
 
 class SmallFaceConfig(BaseModel):
@@ -128,6 +128,17 @@ def scan_tiles(
     return found
 
 
+def touched(tiles: Sequence[Tile], regions: Sequence[Box] | None) -> list[Tile]:
+    """The tiles that overlap any of ``regions`` (None: all of them)."""
+    if regions is None:
+        return list(tiles)
+    return [
+        t
+        for t in tiles
+        if any(r[0] < t.box[2] and t.box[0] < r[2] and r[1] < t.box[3] and t.box[1] < r[3] for r in regions)
+    ]
+
+
 class TileMemory:
     """What the last scan of each tile found, reused while nothing moved there.
 
@@ -146,12 +157,9 @@ class TileMemory:
         self._scanned: dict[int, float] = {}
         self._dirty: set[int] = set()
 
-    def touch(self, region: tuple[float, float, float, float] | None) -> None:
-        """Motion in ``region`` (frame pixels; None: anywhere)."""
-        for tile in self.tiles:
-            x1, y1, x2, y2 = tile.box
-            if region is None or (region[0] < x2 and x1 < region[2] and region[1] < y2 and y1 < region[3]):
-                self._dirty.add(tile.index)
+    def touch(self, regions: Sequence[Box] | None) -> None:
+        """Motion in ``regions`` (frame pixels; None: anywhere)."""
+        self._dirty.update(t.index for t in touched(self.tiles, regions))
 
     def due(self, width: int, height: int, now: float) -> list[Tile]:
         """The tiles to scan now on a ``width`` x ``height`` frame."""

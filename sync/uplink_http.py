@@ -42,6 +42,11 @@ log = structlog.get_logger("uplink")
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
 
 
+def media_type(data: bytes) -> str:
+    """The Content-Type of a media upload by its magic bytes: a clip (ISO BMFF, ``ftyp`` at offset 4) or a JPEG."""
+    return "video/mp4" if data[4:8] == b"ftyp" else "image/jpeg"
+
+
 class TransientError(Exception):
     """The receiver may take this batch later: retry with backoff."""
 
@@ -275,7 +280,7 @@ class HttpUplink:
             await self.bucket.take(len(data))
             try:
                 async with self._session.put(
-                    f"{self._base}/v1/media/{sha}", data=data, headers={"Content-Type": "image/jpeg"}
+                    f"{self._base}/v1/media/{sha}", data=data, headers={"Content-Type": media_type(data)}
                 ) as resp:
                     payload = await resp.read()
                     status = resp.status

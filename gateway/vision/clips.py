@@ -101,7 +101,7 @@ class ClipRecorder:
         self._triggers += 1
         entry = {"type": kind, "ts": round(ts_wall, 3), **{k: v for k, v in detail.items() if v is not None}}
         for request in self.collecting:
-            if request.end >= t - self.config.pre_s:
+            if request.end > t - self.config.pre_s:
                 request.triggers.append(entry)
                 request.end = min(max(request.end, t + self.config.post_s), request.start + self.config.max_s)
                 return True

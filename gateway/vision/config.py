@@ -56,6 +56,13 @@ class DetectionConfig(Strict):
 
     threshold: float = Field(0.35, gt=0, lt=1, description="Lowest detector score kept.")
     nms_iou: float = Field(0.5, gt=0, lt=1, description="Overlap above which two boxes are one object.")
+    interval_frames: int = Field(
+        1,
+        ge=1,
+        le=30,
+        description="Detect on one frame in this many (where something moves; the whole-frame pass is kept); the "
+        "tracker predicts the boxes between. 3 suits a 25 fps camera whose every frame is redacted for clips.",
+    )
     classes: list[Label] = Field(
         default_factory=lambda: list(ALL_LABELS), min_length=1, description="Classes detected."
     )

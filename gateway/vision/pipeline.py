@@ -155,6 +155,7 @@ class VisionPipeline:
         self._clock: tuple[float, float] | None = None  # (stream time, wall time) of the newest frame
         self.last_progress = time.monotonic()
         self._last_full: float | None = None
+        self._since_detection = 0
         self._last_presence_snapshot: float | None = None
         self._last_status_snapshot: float | None = None
         self._stage: dict[str, deque[float]] = {s: deque(maxlen=_RECENT) for s in STAGES}
@@ -342,8 +343,7 @@ class VisionPipeline:
             grey = small_grey(image, self.config.motion.width)
             if self.config.motion.enabled:
                 motion = self.motion.update(grey, width, height)
-                if motion.moving:
-                    self.tiles.touch(motion.region)
+                self.tiles.touch(motion.blobs)
             if self.config.health.enabled:
                 health = self.health.observe(grey, frame.t_stream)
         motion_s = time.perf_counter() - start
@@ -356,6 +356,10 @@ class VisionPipeline:
         if motion is not None and not motion.moving and not full_due:
             self._still += 1
             return _Analysis([], None, False, motion, health, motion_s, 0.0)
+        self._since_detection += 1
+        if not full_due and self._since_detection < self.config.detection.interval_frames:
+            return _Analysis([], None, False, motion, health, motion_s, 0.0)
+        self._since_detection = 0
         region = None if (motion is None or full_due) else motion.region
         start = time.perf_counter()
         if region is None:
@@ -423,12 +427,7 @@ class VisionPipeline:
             TrackBox(tr.id, tr.group == "person", tr.box if tr.last_seen == t else tr.predicted(t), tr.last_seen == t)
             for tr in self.tracker.tracks.values()
         ]
-        motion = analysis.motion
-        moving: Box | None = None
-        if motion is not None and not motion.moving:
-            moving = (0.0, 0.0, 0.0, 0.0)  # nothing moved: no tile needs another look
-        elif motion is not None:
-            moving = motion.region
+        moving = analysis.motion.blobs if analysis.motion is not None else None
         start = time.perf_counter()
         try:
             ready = await loop.run_in_executor(

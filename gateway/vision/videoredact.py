@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.detection import Box, clip, expand
 from models.redact import Find, Kind, RedactionUnavailable, Redactor
-from models.smallfaces import Tile, tile_grid
+from models.smallfaces import Tile, tile_grid, touched
 
 Source = tuple[str, int]  # ("tile", index), ("whole", 0), ("head", track id), ("plate", track id)
 
@@ -83,6 +83,13 @@ class VideoRedactionConfig(BaseModel):
     )
     plates_per_frame: int = Field(
         1, ge=0, le=8, description="Vehicles searched for plates per detection frame (least recently searched first)."
+    )
+    plate_recheck_frames: int = Field(
+        5,
+        ge=1,
+        le=250,
+        description="A vehicle is searched for plates again after this many frames at the soonest (its plates move "
+        "with its track meanwhile).",
     )
 
 
@@ -142,10 +149,6 @@ def _contains(outer: Box, point: tuple[float, float]) -> bool:
     return outer[0] <= point[0] <= outer[2] and outer[1] <= point[1] <= outer[3]
 
 
-def _overlaps(a: Box, b: tuple[int, int, int, int]) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
 class VideoRedactor:
     """Covers every frame pushed to it, ``lookahead_frames`` later; one per camera, not thread-safe.
 
@@ -180,7 +183,7 @@ class VideoRedactor:
         self._tile_credit = 0.0
 
     def push(
-        self, image: np.ndarray, t: float, ts_wall: float, tracks: Sequence[TrackBox], moving: Box | None
+        self, image: np.ndarray, t: float, ts_wall: float, tracks: Sequence[TrackBox], moving: Sequence[Box] | None
     ) -> list[RedactedFrame]:
         """Take a raw frame; the frames now ready, covered, oldest first. ``moving`` is where motion was
         (None: anywhere)."""
@@ -202,7 +205,7 @@ class VideoRedactor:
     # ------------------------------------------------------------------ passes
 
     def _push(
-        self, image: np.ndarray, t: float, ts_wall: float, tracks: Sequence[TrackBox], moving: Box | None
+        self, image: np.ndarray, t: float, ts_wall: float, tracks: Sequence[TrackBox], moving: Sequence[Box] | None
     ) -> list[RedactedFrame]:
         height, width = image.shape[:2]
         if self._size != (width, height):
@@ -250,7 +253,8 @@ class VideoRedactor:
     def _plates(
         self, image: np.ndarray, vehicles: list[TrackBox], n: int
     ) -> list[tuple[Find, Source, TrackBox | None]]:
-        chosen = sorted(vehicles, key=lambda v: self._plate_searched.get(v.id, -1))[: self.config.plates_per_frame]
+        due = [v for v in vehicles if n - self._plate_searched.get(v.id, -(10**9)) >= self.config.plate_recheck_frames]
+        chosen = sorted(due, key=lambda v: self._plate_searched.get(v.id, -1))[: self.config.plates_per_frame]
         out: list[tuple[Find, Source, TrackBox | None]] = []
         for vehicle in chosen:
             self._plate_searched[vehicle.id] = n
@@ -259,12 +263,10 @@ class VideoRedactor:
             self.scans["plates"] += 1
         return out
 
-    def _small_faces(self, image: np.ndarray, moving: Box | None, n: int) -> list[tuple[Find, Source, None]]:
+    def _small_faces(self, image: np.ndarray, moving: Sequence[Box] | None, n: int) -> list[tuple[Find, Source, None]]:
         if not self.redactor.config.small_faces.enabled or not self._tiles:
             return []
-        for tile in self._tiles:
-            if moving is None or _overlaps(moving, tile.box):
-                self._tile_dirty.add(tile.index)
+        self._tile_dirty.update(t.index for t in touched(self._tiles, moving))
         self._tile_credit = min(self._tile_credit + self.config.tiles_per_frame, max(1.0, self.config.tiles_per_frame))
         count = min(int(self._tile_credit), len(self._tile_dirty))
         if count == 0:
