@@ -41,6 +41,9 @@ Kind = Literal["face", "plate"]
 _MIN_PERSON_PX = 24  # person boxes shorter than this hold a face of under 4 px: nothing to identify
 _MIN_VEHICLE_PX = 24
 _COVERED = 0.9  # a second-pass find this much under earlier redactions is already handled
+# A pixelation block is never smaller than this: 6x6 blocks over a 15 px region (a 10 px face and its margin)
+# would keep about every pixel the face had.
+_MIN_BLOCK_PX = 6
 
 REDACTED_BELOW = 0.3
 """A region whose :func:`residual_detail` against the original is below this counts as redacted."""
@@ -74,7 +77,11 @@ class RedactionConfig(BaseModel):
         "would keep one average per character.",
     )
     pixelate_blocks: int = Field(
-        6, ge=2, le=8, description="Blocks across each side of a pixelated region (at most 8)."
+        6,
+        ge=2,
+        le=8,
+        description="Blocks across each side of a pixelated region (at most 8; fewer in a small region, where a "
+        "block is never under 6 px).",
     )
     head_crop_px: int = Field(
         96,
@@ -130,7 +137,8 @@ def cover(image: np.ndarray, box: Box, method: Method, blocks: int) -> None:
     if method == "fill":
         region[...] = np.array(cv2.mean(region)[: region.shape[2] if region.ndim == 3 else 1], region.dtype)
     elif method == "pixelate":
-        small = cv2.resize(region, (min(blocks, w), min(blocks, h)), interpolation=cv2.INTER_AREA)
+        n = max(1, min(blocks, min(w, h) // _MIN_BLOCK_PX))
+        small = cv2.resize(region, (n, n), interpolation=cv2.INTER_AREA)
         region[...] = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST).reshape(region.shape)
     else:
         k = max(w, h) | 1
