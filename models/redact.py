@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.detection import Box, FaceDetector, covered_fraction, expand, iou, offset, to_pixels
+from models.detection import Box, FaceDetector, clip, covered_fraction, expand, iou, offset, to_pixels
 from models.plates import PlateFinder
 from models.smallfaces import SmallFaceConfig, Tile, TileMemory, scan_tiles, tile_grid
 
@@ -44,6 +44,7 @@ _COVERED = 0.9  # a second-pass find this much under earlier redactions is alrea
 # A pixelation block is never smaller than this: 6x6 blocks over a 15 px region (a 10 px face and its margin)
 # would keep about every pixel the face had.
 _MIN_BLOCK_PX = 6
+_MIN_MARGIN_PX = 4
 
 REDACTED_BELOW = 0.3
 """A region whose :func:`residual_detail` against the original is below this counts as redacted."""
@@ -262,7 +263,7 @@ class Redactor:
             for kind, box, score in finds:
                 if pass_no > 1 and covered_fraction(box, done) >= _COVERED:
                     continue
-                region = expand(box, c.margin, width, height)
+                region = _with_margin(box, c.margin, width, height)
                 cover(out, region, c.face_method if kind == "face" else c.plate_method, c.pixelate_blocks)
                 regions.append(RedactedRegion(kind, region, score, pass_no))
         for box in extra:
@@ -299,6 +300,12 @@ class Redactor:
             found += [("face", offset(d.box, x1, y1, scale), d.score) for d in faces]
         return found
 
+    def faces_in_crops(self, crops: Sequence[np.ndarray]) -> list[list[Find]]:
+        """Faces in each of ``crops`` (one size, already enlarged), in the crops' pixels, one batched call."""
+        assert self.faces is not None
+        found = self.faces.detect_batch(crops, self.config.face_second_pass_threshold)
+        return [[("face", d.box, d.score) for d in faces] for faces in found]
+
     def tile_faces(self, image: np.ndarray, tiles: Sequence[Tile]) -> list[tuple[Tile, Find]]:
         """Small faces in ``tiles`` of the band, enlarged ``small_faces.upscale`` times, with the tile of each."""
         assert self.faces is not None
@@ -318,6 +325,14 @@ class Redactor:
                 for p in self.plates.find(image, vehicle, self.config.plate_second_pass_threshold)
             ]
         return found
+
+
+def _with_margin(box: Box, margin: float, width: int, height: int) -> Box:
+    """``box`` grown by ``margin`` of its size, and by at least ``_MIN_MARGIN_PX`` on every side: a detector's box
+    of a 10 px face is off by a pixel or two, which is a fifth of the face."""
+    dx = max((box[2] - box[0]) * margin, _MIN_MARGIN_PX)
+    dy = max((box[3] - box[1]) * margin, _MIN_MARGIN_PX)
+    return clip((box[0] - dx, box[1] - dy, box[2] + dx, box[3] + dy), width, height)
 
 
 def merge_overlapping(found: Sequence[Find], min_iou: float = 0.3) -> list[Find]:

@@ -10,12 +10,16 @@ is carried to the frames around them:
   ran) and plates found in vehicle boxes move with their track.
 - **Whole frame**: the whole-frame face pass runs every ``whole_frame_every``
   frames.
-- **Small faces**: the tiles of the band (:mod:`models.smallfaces`) are
-  scanned a few per frame, where there was motion since a tile's last scan
-  (oldest first); a still scene is not scanned again.
+- **Small faces**: every small moving blob the motion gate sees is cut out
+  with a margin, enlarged at least ``upscale`` times and searched for faces
+  on every frame (all blobs of a frame in one batched call): a small face that
+  moves is looked at where it is now. The tiles of the band
+  (:mod:`models.smallfaces`) are scanned a few per frame, where there was
+  motion since a tile's last scan (oldest first), for the faces that stopped
+  or sit in larger moving regions; a still scene is not scanned again.
 - **Carried**: a face found outside any track stays covered for ``hold_frames``
   and until its tile (or the whole-frame pass) has looked again, grown by how
-  far a face can move meanwhile.
+  far a face can move meanwhile (``face_speed``).
 - **Look-ahead**: frames wait ``lookahead_frames`` before they are covered,
   so a face first found by a later pass is covered on the frames before it
   too. A face that a pass finds while it is in view is thus covered from
@@ -32,10 +36,11 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.detection import Box, clip, expand
+from models.detection import Box, clip, expand, offset
 from models.redact import Find, Kind, RedactionUnavailable, Redactor
 from models.smallfaces import Tile, tile_grid, touched
 
@@ -44,6 +49,8 @@ Source = tuple[str, int]  # ("tile", index), ("whole", 0), ("head", track id), (
 _WHOLE: Source = ("whole", 0)
 _HEAD_SHARE = 0.3  # top of a person box that holds the head, standing or sitting
 _MAX_GROWTH = 3.0  # a carried face grows at most this many face heights on each side
+_MOTION_CROP_PX = 128  # side of the square a moving blob is enlarged into for the face model
+_BLOB_MARGIN = 0.5  # around a moving blob, as a fraction of its longer side: a face at its edge is whole
 
 
 class VideoRedactionConfig(BaseModel):
@@ -72,14 +79,22 @@ class VideoRedactionConfig(BaseModel):
         10, ge=1, le=250, description="Frames a face found outside any track stays covered, at least."
     )
     face_speed: float = Field(
-        0.3,
+        6.0,
         ge=0,
-        le=2,
-        description="How far (in face heights per frame) a carried face outside any track may move: its cover grows "
-        "by this much per frame away from where it was found (at most 3 face heights).",
+        le=30,
+        description="How fast (face heights per second) a carried face outside any track may move: its cover grows "
+        "by this much per second away from when it was found, at most 3 face heights (6: someone walking across "
+        "the view).",
     )
     head_margin: float = Field(
         0.15, ge=0, le=1, description="Margin around the head region of a person track, as a fraction of its size."
+    )
+    motion_crops_per_frame: int = Field(
+        8,
+        ge=0,
+        le=32,
+        description="Small moving blobs searched for faces per frame (largest first), each enlarged into a "
+        "128 px square; blobs too large to be enlarged twice that way are left to the tiles and person tracks.",
     )
     plates_per_frame: int = Field(
         1, ge=0, le=8, description="Vehicles searched for plates per detection frame (least recently searched first)."
@@ -120,6 +135,7 @@ class _Sighting:
     box: Box
     score: float
     frame: int
+    t: float
     source: Source
     track: int | None = None
     rel: Box | None = None  # the box in fractions of its track's box, to move with the track
@@ -145,6 +161,10 @@ def _absolute(rel: Box, to: Box) -> Box:
     return (to[0] + rel[0] * w, to[1] + rel[1] * h, to[0] + rel[2] * w, to[1] + rel[3] * h)
 
 
+def _contains_box(outer: tuple[int, int, int, int], box: Box) -> bool:
+    return outer[0] <= (box[0] + box[2]) / 2 < outer[2] and outer[1] <= (box[1] + box[3]) / 2 < outer[3]
+
+
 def _contains(outer: Box, point: tuple[float, float]) -> bool:
     return outer[0] <= point[0] <= outer[2] and outer[1] <= point[1] <= outer[3]
 
@@ -167,7 +187,7 @@ class VideoRedactor:
         self._tile_credit = 0.0
         self._plate_searched: dict[int, int] = {}
         self._number = 0
-        self.scans = {"whole": 0, "heads": 0, "tiles": 0, "plates": 0}
+        self.scans = {"whole": 0, "heads": 0, "motion": 0, "tiles": 0, "plates": 0}
 
     @property
     def pending_bytes(self) -> int:
@@ -223,9 +243,10 @@ class VideoRedactor:
             self.scans["whole"] += 1
         found += self._heads(image, [tr for tr in tracks if tr.person and tr.detected], n)
         found += self._plates(image, [tr for tr in tracks if not tr.person and tr.detected], n)
+        found += self._moving_faces(image, moving)
         found += self._small_faces(image, moving, n)
         for (kind, box, score), source, track in found:
-            self._remember(kind, box, score, n, source, track, tracks)
+            self._remember(kind, box, score, n, t, source, track, tracks)
         live = {tr.id for tr in tracks}
         for s in self._sightings:
             if s.source[0] in ("head", "plate") and s.source[1] not in live and s.rechecked is None:
@@ -263,6 +284,40 @@ class VideoRedactor:
             self.scans["plates"] += 1
         return out
 
+    def _moving_faces(self, image: np.ndarray, moving: Sequence[Box] | None) -> list[tuple[Find, Source, None]]:
+        """Faces in the small moving blobs, each blob enlarged into a square of ``_MOTION_CROP_PX``."""
+        small = self.redactor.config.small_faces
+        limit = self.config.motion_crops_per_frame
+        if not small.enabled or moving is None or limit == 0:
+            return []
+        height, width = image.shape[:2]
+        largest = _MOTION_CROP_PX / small.upscale
+        squares: list[tuple[int, int, int]] = []
+        for b in sorted(moving, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1])):
+            side = int(np.ceil(max(b[2] - b[0], b[3] - b[1]) * (1 + 2 * _BLOB_MARGIN)))
+            if side > largest or len(squares) == limit:
+                continue
+            side = min(max(side, 16), width, height)
+            x = int(min(max(0, (b[0] + b[2] - side) / 2), width - side))
+            y = int(min(max(0, (b[1] + b[3] - side) / 2), height - side))
+            squares.append((x, y, side))
+        if not squares:
+            return []
+        size = (_MOTION_CROP_PX, _MOTION_CROP_PX)
+        crops = [cv2.resize(image[y : y + s, x : x + s], size, interpolation=cv2.INTER_LINEAR) for x, y, s in squares]
+        found = self.redactor.faces_in_crops(crops)
+        self.scans["motion"] += 1
+        out: list[tuple[Find, Source, None]] = []
+        for (x, y, side), faces in zip(squares, found, strict=True):
+            scale = _MOTION_CROP_PX / side
+            for kind, box, score in faces:
+                placed = offset(box, x, y, scale)
+                # Looked at again when the tile it is in is scanned (or when the blob is searched on the next frame).
+                tile = next((t for t in self._tiles if _contains_box(t.box, placed)), None)
+                source: Source = ("tile", tile.index) if tile is not None else _WHOLE
+                out.append(((kind, placed, score), source, None))
+        return out
+
     def _small_faces(self, image: np.ndarray, moving: Sequence[Box] | None, n: int) -> list[tuple[Find, Source, None]]:
         if not self.redactor.config.small_faces.enabled or not self._tiles:
             return []
@@ -296,6 +351,7 @@ class VideoRedactor:
         box: Box,
         score: float,
         n: int,
+        t: float,
         source: Source,
         track: TrackBox | None,
         tracks: Sequence[TrackBox],
@@ -305,7 +361,7 @@ class VideoRedactor:
             centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
             track = next((tr for tr in tracks if tr.person and _contains(tr.box, centre)), None)
         rel = _relative(box, track.box) if track is not None else None
-        self._sightings.append(_Sighting(kind, box, score, n, source, track.id if track else None, rel))
+        self._sightings.append(_Sighting(kind, box, score, n, t, source, track.id if track else None, rel))
 
     def _expire(self, n: int) -> None:
         oldest = self._pending[0].number if self._pending else n
@@ -326,7 +382,7 @@ class VideoRedactor:
             if track is not None and s.rel is not None:
                 found.append((s.kind, clip(_absolute(s.rel, track.box), width, height), s.score))
                 continue
-            grow = min(_MAX_GROWTH, c.face_speed * abs(frame.number - s.frame)) if s.kind == "face" else 0.0
+            grow = min(_MAX_GROWTH, c.face_speed * abs(frame.t - s.t)) if s.kind == "face" else 0.0
             h = s.box[3] - s.box[1]
             g = (s.box[0] - grow * h, s.box[1] - grow * h, s.box[2] + grow * h, s.box[3] + grow * h)
             found.append((s.kind, clip(g, width, height), s.score))
