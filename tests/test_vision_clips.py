@@ -20,6 +20,8 @@ import av
 import cv2
 import numpy as np
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.replay import replay_main
 from gateway.vision.clips import ClipRecorder
@@ -28,6 +30,8 @@ from gateway.vision.mp4 import encode_mp4, is_mp4
 from gateway.vision.pipeline import VisionParts, VisionPipeline
 from gateway.vision.privacy import PlatePolicy
 from gateway.vision.videoredact import RedactedFrame, TrackBox, VideoRedactionConfig, VideoRedactor
+from gateway.web.login import WebAuth
+from gateway.web.status_page import StatusPage
 from hal.camera.base import CameraConfig, Frame
 from hal.camera.simulated import SimulatedCamera
 from models.detection import Box, Detection, to_pixels
@@ -239,3 +243,59 @@ def test_the_uplink_labels_clips_as_mp4() -> None:
     mp4 = encode_mp4([cv2.cvtColor(f, cv2.COLOR_BGR2YUV_I420) for f in video], [0.0, 0.1, 0.2], 30, "ultrafast")
     assert media_type(mp4) == "video/mp4"
     assert media_type(cv2.imencode(".jpg", video[0])[1].tobytes()) == "image/jpeg"
+
+
+class _Pole:
+    """What the status page asks of the daemon, with one clip in memory."""
+
+    pole_id = "pole-1"
+
+    def __init__(self, mp4: bytes) -> None:
+        self.mp4 = mp4
+        self.asked = 0
+
+    def clip(self, event_id: str) -> bytes | None:
+        return self.mp4 if event_id == "e1" else None
+
+    def latest_clip_id(self) -> str | None:
+        return "e1"
+
+    def record_clip(self) -> str:
+        self.asked += 1
+        return "recording a clip on cam0"
+
+
+async def test_the_status_page_serves_clips_and_takes_the_manual_trigger() -> None:
+    video, _ = moving_faces([20], 3)
+    mp4 = encode_mp4([cv2.cvtColor(f, cv2.COLOR_BGR2YUV_I420) for f in video], [0.0, 0.1, 0.2], 30, "ultrafast")
+    pole = _Pole(mp4)
+    app = web.Application()
+    StatusPage(pole, WebAuth(None, None, 1.0)).register(app)  # type: ignore[arg-type]
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/clips/e1.mp4")
+        assert resp.status == 200 and resp.content_type == "video/mp4" and await resp.read() == mp4
+        assert (await client.get("/clips/nope.mp4")).status == 404
+        resp = await client.post("/actions/record-clip")
+        assert resp.status == 200 and (await resp.json())["message"].startswith("recording")
+    assert pole.asked == 1
+
+
+def test_replay_cuts_a_video_into_clips(tmp_path: Path) -> None:
+    video, _ = moving_faces([14, 40], 20)
+    path = tmp_path / "faces.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (640, 480))
+    for frame in video:
+        writer.write(frame)
+    writer.release()
+    config = tmp_path / "pole.toml"
+    config.write_text("[vision.clips]\npre_s = 0.5\npost_s = 0.5\n")
+    out = tmp_path / "out"
+    assert replay_main(path, out, config, clips=True) == 0
+    clips = [e for e in read_jsonl(out / "events.jsonl") if e["type"] == "clip"]
+    assert len(clips) >= 2
+    frames = 0
+    for event in clips:
+        mp4 = (out / event["clip"]).read_bytes()
+        assert is_mp4(mp4) and event["snapshot"] is None and event["priority"] == "media"
+        frames += len(decode(mp4))
+    assert frames >= len(video)
