@@ -253,10 +253,14 @@ class ClipConfig(Strict):
         10.0, gt=0, le=60, description="Most frames per second kept (and redacted); the camera's rate if lower."
     )
     max_width: int = Field(
-        960, ge=160, le=3840, description="Frames wider than this are scaled down (after redaction) for the clip."
+        640,
+        ge=160,
+        le=3840,
+        description="Frames wider than this are scaled down (after redaction) for the clip: 640 px keeps a default "
+        "clip (10 s at 10 fps, as I420) in 35 MB.",
     )
     max_bytes: int = Field(
-        64 * 2**20,
+        48 * 2**20,
         ge=2**20,
         description="Most memory for the redacted frames in the ring buffer and in clips being collected; past it the "
         "oldest frames go (a clip then starts later).",

@@ -49,7 +49,9 @@ Source = tuple[str, int]  # ("tile", index), ("whole", 0), ("head", track id), (
 _WHOLE: Source = ("whole", 0)
 _HEAD_SHARE = 0.3  # top of a person box that holds the head, standing or sitting
 _MAX_GROWTH = 3.0  # a carried face grows at most this many face heights on each side
-_MOTION_CROP_PX = 128  # side of the square a moving blob is enlarged into for the face model
+# Sides of the squares a moving blob is enlarged into for the face model: the smallest that enlarges it
+# ``upscale`` times; blobs too large for the last are left to the tiles and the person tracks.
+_MOTION_CROPS_PX = (128, 256)
 _BLOB_MARGIN = 0.5  # around a moving blob, as a fraction of its longer side: a face at its edge is whole
 
 
@@ -93,8 +95,9 @@ class VideoRedactionConfig(BaseModel):
         8,
         ge=0,
         le=32,
-        description="Small moving blobs searched for faces per frame (largest first), each enlarged into a "
-        "128 px square; blobs too large to be enlarged twice that way are left to the tiles and person tracks.",
+        description="Face-model work on moving blobs per frame, in 128 px squares (a blob enlarged into a 256 px "
+        "square counts 4); smallest blobs first. Blobs too large to be enlarged twice into 256 px are left to the "
+        "tiles and person tracks.",
     )
     plates_per_frame: int = Field(
         1, ge=0, le=8, description="Vehicles searched for plates per detection frame (least recently searched first)."
@@ -285,37 +288,39 @@ class VideoRedactor:
         return out
 
     def _moving_faces(self, image: np.ndarray, moving: Sequence[Box] | None) -> list[tuple[Find, Source, None]]:
-        """Faces in the small moving blobs, each blob enlarged into a square of ``_MOTION_CROP_PX``."""
+        """Faces in the small moving blobs, each blob enlarged into a square of one of ``_MOTION_CROPS_PX``."""
         small = self.redactor.config.small_faces
         limit = self.config.motion_crops_per_frame
         if not small.enabled or moving is None or limit == 0:
             return []
         height, width = image.shape[:2]
-        largest = _MOTION_CROP_PX / small.upscale
-        squares: list[tuple[int, int, int]] = []
-        for b in sorted(moving, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1])):
+        squares: dict[int, list[tuple[int, int, int]]] = {}
+        chosen = 0
+        # Smallest first: the smaller the blob, the smaller the faces it can hold, and the fewer other passes see them.
+        for b in sorted(moving, key=lambda b: (b[2] - b[0]) * (b[3] - b[1])):
             side = int(np.ceil(max(b[2] - b[0], b[3] - b[1]) * (1 + 2 * _BLOB_MARGIN)))
-            if side > largest or len(squares) == limit:
+            net = next((px for px in _MOTION_CROPS_PX if side * small.upscale <= px), None)
+            cost = (net // _MOTION_CROPS_PX[0]) ** 2 if net is not None else 0
+            if net is None or chosen + cost > limit:
                 continue
             side = min(max(side, 16), width, height)
             x = int(min(max(0, (b[0] + b[2] - side) / 2), width - side))
             y = int(min(max(0, (b[1] + b[3] - side) / 2), height - side))
-            squares.append((x, y, side))
-        if not squares:
-            return []
-        size = (_MOTION_CROP_PX, _MOTION_CROP_PX)
-        crops = [cv2.resize(image[y : y + s, x : x + s], size, interpolation=cv2.INTER_LINEAR) for x, y, s in squares]
-        found = self.redactor.faces_in_crops(crops)
-        self.scans["motion"] += 1
+            squares.setdefault(net, []).append((x, y, side))
+            chosen += cost
         out: list[tuple[Find, Source, None]] = []
-        for (x, y, side), faces in zip(squares, found, strict=True):
-            scale = _MOTION_CROP_PX / side
-            for kind, box, score in faces:
-                placed = offset(box, x, y, scale)
-                # Looked at again when the tile it is in is scanned (or when the blob is searched on the next frame).
-                tile = next((t for t in self._tiles if _contains_box(t.box, placed)), None)
-                source: Source = ("tile", tile.index) if tile is not None else _WHOLE
-                out.append(((kind, placed, score), source, None))
+        for net, group in squares.items():
+            crops = [
+                cv2.resize(image[y : y + s, x : x + s], (net, net), interpolation=cv2.INTER_LINEAR) for x, y, s in group
+            ]
+            self.scans["motion"] += 1
+            for (x, y, side), faces in zip(group, self.redactor.faces_in_crops(crops), strict=True):
+                for kind, box, score in faces:
+                    placed = offset(box, x, y, net / side)
+                    # Looked at again when its tile is scanned (or when its blob is searched on the next frame).
+                    tile = next((t for t in self._tiles if _contains_box(t.box, placed)), None)
+                    source: Source = ("tile", tile.index) if tile is not None else _WHOLE
+                    out.append(((kind, placed, score), source, None))
         return out
 
     def _small_faces(self, image: np.ndarray, moving: Sequence[Box] | None, n: int) -> list[tuple[Find, Source, None]]:
