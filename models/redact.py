@@ -41,9 +41,9 @@ Kind = Literal["face", "plate"]
 _MIN_PERSON_PX = 24  # person boxes shorter than this hold a face of under 4 px: nothing to identify
 _MIN_VEHICLE_PX = 24
 _COVERED = 0.9  # a second-pass find this much under earlier redactions is already handled
-# A pixelation block is never smaller than this: 6x6 blocks over a 15 px region (a 10 px face and its margin)
+# A pixelation block is never smaller than this: 6x6 blocks over an 18 px region (a 10 px face and its margin)
 # would keep about every pixel the face had.
-_MIN_BLOCK_PX = 6
+_MIN_BLOCK_PX = 8
 _MIN_MARGIN_PX = 4
 
 REDACTED_BELOW = 0.3
@@ -82,7 +82,7 @@ class RedactionConfig(BaseModel):
         ge=2,
         le=8,
         description="Blocks across each side of a pixelated region (at most 8; fewer in a small region, where a "
-        "block is never under 6 px).",
+        "block is never under 8 px).",
     )
     head_crop_px: int = Field(
         96,

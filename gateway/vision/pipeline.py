@@ -279,7 +279,13 @@ class VisionPipeline:
             events.append(self._event(ve.COUNT, dict(ve.count(self.name, count)), frame, None, None))
 
         if snapshot is None and withheld is None and self._status_picture_due(frame.t_stream):
-            await picture()
+            if self.clips is not None and self.clips.ring:
+                # The newest clip frame is already redacted: the status page shows it rather than pay for a snapshot.
+                newest = self.clips.ring[-1]
+                await loop.run_in_executor(self.executor, self.snapshots.show, newest.i420, newest.ts_wall)
+                self._last_status_snapshot = frame.t_stream
+            else:
+                await picture()
         if snapshot is not None or withheld is not None:
             self._last_status_snapshot = frame.t_stream
 

@@ -117,6 +117,17 @@ class SnapshotMaker:
             self._latest_ts = ts
         return Snapshot(jpeg, out.shape[1], out.shape[0], faces, plates, redacted - start, encoded - redacted)
 
+    def show(self, i420: np.ndarray, ts: float) -> None:
+        """Make an already redacted clip frame (I420) the status page's latest picture (it goes into no event)."""
+        ok, buf = cv2.imencode(
+            ".jpg", cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420), [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality]
+        )
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        with self._lock:
+            self._latest = buf.tobytes()
+            self._latest_ts = ts
+
     def stats(self) -> SnapshotStats:
         with self._lock:
             return SnapshotStats(

@@ -64,7 +64,7 @@ class VideoRedactionConfig(BaseModel):
         10, ge=1, le=250, description="Run the whole-frame face pass on one frame in this many."
     )
     tiles_per_frame: float = Field(
-        0.5,
+        0.25,
         gt=0,
         le=16,
         description="Small-face tiles scanned per frame on average (each about 20 ms at 384 px on 2 cores); "
