@@ -39,7 +39,7 @@ from models.redact import REDACTED_BELOW, RedactionUnavailable, Redactor, residu
 from models.registry import REGISTRY, ModelRegistry
 from sync.events import Priority
 from sync.uplink_http import media_type
-from tests.helpers.vision import CLIP, ListSink, moving_faces, read_jsonl, real_parts
+from tests.helpers.vision import ListSink, moving_faces, read_jsonl, real_parts
 
 HEIGHTS = [10, 14, 20, 40]
 FRAMES = 30
@@ -201,6 +201,16 @@ def test_the_video_redactor_raises_and_keeps_nothing_when_a_pass_fails() -> None
     assert video.pending_bytes == 0 and video.flush() == []
 
 
+def short_video(path: Path, heights: list[int], frames: int) -> list[np.ndarray]:
+    """The moving faces written as a file for replay (a test input, not a camera's frames)."""
+    video, _ = moving_faces(heights, frames)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (640, 480))
+    for frame in video:
+        writer.write(frame)
+    writer.release()
+    return video
+
+
 def test_replay_writes_no_clip_without_the_face_model(tmp_path: Path) -> None:
     models = tmp_path / "models"
     models.mkdir()
@@ -209,10 +219,12 @@ def test_replay_writes_no_clip_without_the_face_model(tmp_path: Path) -> None:
         if name != "centerface":
             (models / spec.filename).symlink_to(shipped.path(name))
     config = tmp_path / "pole.toml"
-    config.write_text(f'[vision.inference]\nmodels_dir = "{models}"\n[vision.clips]\npre_s = 1.0\npost_s = 1.0\n')
+    config.write_text(f'[vision.inference]\nmodels_dir = "{models}"\n[vision.clips]\npre_s = 0.5\npost_s = 0.5\n')
     out = tmp_path / "out"
-    assert replay_main(CLIP, out, config, clips=True) == 0
-    assert [e for e in read_jsonl(out / "events.jsonl") if e["type"] == "clip"] == []
+    short_video(tmp_path / "faces.avi", [14, 40], 20)
+    assert replay_main(tmp_path / "faces.avi", out, config, clips=True) == 0
+    events = read_jsonl(out / "events.jsonl")
+    assert events and [e for e in events if e["type"] == "clip"] == []
     assert list((out / "clips").iterdir()) == []
 
 
@@ -281,16 +293,11 @@ async def test_the_status_page_serves_clips_and_takes_the_manual_trigger() -> No
 
 
 def test_replay_cuts_a_video_into_clips(tmp_path: Path) -> None:
-    video, _ = moving_faces([14, 40], 20)
-    path = tmp_path / "faces.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (640, 480))
-    for frame in video:
-        writer.write(frame)
-    writer.release()
+    video = short_video(tmp_path / "faces.avi", [14, 40], 20)
     config = tmp_path / "pole.toml"
     config.write_text("[vision.clips]\npre_s = 0.5\npost_s = 0.5\n")
     out = tmp_path / "out"
-    assert replay_main(path, out, config, clips=True) == 0
+    assert replay_main(tmp_path / "faces.avi", out, config, clips=True) == 0
     clips = [e for e in read_jsonl(out / "events.jsonl") if e["type"] == "clip"]
     assert len(clips) >= 2
     frames = 0
