@@ -12,11 +12,14 @@ its own process so that its peak RSS is its own. The decode stage is timed
 separately, on a decode-only pass over the same file.
 
 fps counts every frame of the file over the wall time from the first frame to
-the last commit. On the pole a frame is redacted and encoded only when an event
-carries its picture (or the status page's picture is due), so a third run
-measures the worst case too: replay's settings, where every frame with people
-on it is redacted, encoded and committed with a presence event (640x480, first
-200 frames). The last line printed is one JSON object.
+the last commit. Without clips a frame is redacted and encoded only when an
+event carries its picture (or the status page's picture is due); the
+``*_every_frame_redacted`` runs turn clips on with the same pole settings
+otherwise: every frame is redacted by the video redactor into the clip ring
+buffer, and a clip (5 s before, 5 s after) is cut and encoded, on its own
+thread, whenever a person or vehicle crosses the counting line (first
+``--every-frame-frames`` frames, 300 by default). The last line printed is
+one JSON object.
 """
 
 from __future__ import annotations
@@ -37,9 +40,15 @@ import cv2
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.replay import replay_vision  # noqa: E402
 from gateway.tmpfs import use_memory_for_temp_files  # noqa: E402
-from gateway.vision.config import InferenceConfig, LineConfig, VisionConfig  # noqa: E402
+from gateway.vision.config import (  # noqa: E402
+    ALL_LABELS,
+    ClipConfig,
+    DetectionConfig,
+    InferenceConfig,
+    LineConfig,
+    VisionConfig,
+)
 from gateway.vision.pipeline import VisionPipeline  # noqa: E402
 from gateway.vision.privacy import PlatePolicy  # noqa: E402
 from gateway.vision.setup import load_parts, make_executor  # noqa: E402
@@ -83,11 +92,14 @@ def decode_ms(path: Path) -> float:
 
 
 def bench_config(threads: int, every_frame: bool) -> VisionConfig:
-    config = VisionConfig(
+    # Every frame of the file is kept for clips (the file camera hands them all over; vtest is 10 fps).
+    clips = ClipConfig(enabled=True, fps=60.0, line_classes=list(ALL_LABELS)) if every_frame else ClipConfig()
+    return VisionConfig(
         inference=InferenceConfig(threads=threads),
+        detection=DetectionConfig(interval_frames=3 if every_frame else 1),
         lines=[LineConfig(name="middle", start=(0.0, 0.5), end=(1.0, 0.5))],
+        clips=clips,
     )
-    return replay_vision(config, images=False) if every_frame else config
 
 
 async def run_pipeline(video: Path, workdir: Path, threads: int, every_frame: bool) -> dict[str, object]:
@@ -114,6 +126,16 @@ async def run_pipeline(video: Path, workdir: Path, threads: int, every_frame: bo
         "frames_without_motion": stats.frames_without_motion,
         "snapshots": stats.snapshots.encoded,
         "redactions": stats.snapshots.redactions,
+        "clips": (
+            {
+                "clips": stats.clips.clips,
+                "withheld": stats.clips.withheld,
+                "ring_frames_dropped": stats.clips.frames_dropped,
+                "video_redactor_passes": pipeline.video.scans if pipeline.video is not None else None,
+            }
+            if stats.clips is not None
+            else None
+        ),
         "events": stats.events,
         "committed": backlog,
         "models": {m.name: round(m.median_ms, 2) for m in stats.models if m.median_ms is not None},
@@ -134,6 +156,9 @@ def main() -> None:
     parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
     parser.add_argument("--frames", type=int, default=10**6, help="use at most this many frames of the video")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads per model")
+    parser.add_argument(
+        "--every-frame-frames", type=int, default=300, help="frames of the runs where every frame is redacted"
+    )
     parser.add_argument("--clip", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--every-frame", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -142,7 +167,8 @@ def main() -> None:
         return
     results: dict[str, dict[str, object]] = {}
     runs = [(f"{w}x{h}", (w, h), args.frames, False) for w, h in SIZES]
-    runs.append(("640x480_every_frame_redacted", (640, 480), min(args.frames, 200), True))
+    every = min(args.frames, args.every_frame_frames)
+    runs += [(f"{w}x{h}_every_frame_redacted", (w, h), every, True) for w, h in SIZES]
     with tempfile.TemporaryDirectory(prefix="smartpole-bench-") as tmp:
         for name, size, frames, every_frame in runs:
             clip = Path(tmp) / f"vtest_{name}.avi"

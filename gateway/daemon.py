@@ -62,7 +62,7 @@ from gateway.web.metrics import PoleMetrics
 from gateway.web.server import LocalServer
 from gateway.web.status_page import StatusPage
 from httpkit.throttle import LoginThrottle
-from sync.events import Location
+from sync.events import Accepted, Location, NewEvent
 from sync.outbox import Outbox
 from sync.uplink.base import Uplink
 from sync.uplink.factory import build_uplink
@@ -134,6 +134,13 @@ class Daemon:
             build_pipeline(cam, vision, self.parts, self.config.privacy.plates, sink, executor, on_plate, self.location)
             for cam in self.config.cameras
         ]
+        if vision.clips.enabled:
+            # Clip triggers from other producers (speed violations come from the sensors).
+            sink.watchers.append(self._clip_triggers)
+
+    def _clip_triggers(self, event: NewEvent, accepted: Accepted) -> None:
+        for pipeline in self.pipelines:
+            pipeline.observe_event(event, accepted.id)
 
     def _register_routes(self, sink: RecordingSink) -> None:
         app = self.server.app
@@ -362,6 +369,18 @@ class Daemon:
 
     def thumbnail(self, event_id: str) -> bytes | None:
         return self.sink.picture(event_id) if self.sink is not None else None
+
+    def clip(self, event_id: str) -> bytes | None:
+        return self.sink.clip(event_id) if self.sink is not None else None
+
+    def latest_clip_id(self) -> str | None:
+        return self.sink.latest_clip_id() if self.sink is not None else None
+
+    def record_clip(self) -> str:
+        asked = [p.name for p in self.pipelines if p.trigger_clip("manual")]
+        if not asked:
+            return "clips are off, or take no manual trigger, or no camera has a frame yet"
+        return f"recording a clip on {', '.join(asked)}"
 
     def sync_now(self) -> str:
         if self.uplink is None:

@@ -9,6 +9,11 @@ byte for byte with two keys appended before its closing brace: ``source``
 of its redacted JPEG relative to DIR, or null). The JPEGs are the outbox's own
 media, written to ``DIR/snapshots/``.
 
+With ``clips`` (``--clips``, videos only), the video is also cut into redacted
+clips back to back (each ``pre_s + post_s`` of ``[vision.clips]`` long, every
+kept frame redacted by the same video redactor as on the pole); their MP4s go
+to ``DIR/clips/`` and their ``clip`` events' lines get a third key, ``clip``.
+
 Replay reports every analysed frame that shows people or vehicles (presence
 every frame, a full-size snapshot with each, tracks confirmed on their first
 detection); images are analysed one by one, each as a new scene, with the
@@ -33,6 +38,7 @@ from gateway.configfile import ConfigError, load_config
 from gateway.logs import configure_logging
 from gateway.tmpfs import use_memory_for_temp_files
 from gateway.vision.config import VisionConfig
+from gateway.vision.mp4 import is_mp4
 from gateway.vision.pipeline import VisionParts, VisionPipeline
 from gateway.vision.privacy import PlatePolicy
 from gateway.vision.setup import load_parts, make_executor
@@ -81,9 +87,10 @@ def load_settings(config_path: Path | None) -> PoleConfig:
     return load_config(config_path, PoleConfig)
 
 
-def replay_vision(config: VisionConfig, images: bool) -> VisionConfig:
+def replay_vision(config: VisionConfig, images: bool, clips: bool = False) -> VisionConfig:
     """The configuration adjusted for replay (see the module docstring)."""
     update: dict[str, Any] = {
+        "clips": config.clips.model_copy(update={"enabled": clips, "triggers": ["manual"] if clips else []}),
         "presence": config.presence.model_copy(update={"every_frame": True}),
         "snapshots": config.snapshots.model_copy(update={"presence_interval_s": 0.0, "max_width": None}),
         "tracker": config.tracker.model_copy(update={"min_hits": 1}),
@@ -94,7 +101,7 @@ def replay_vision(config: VisionConfig, images: bool) -> VisionConfig:
     return config.model_copy(update=update)
 
 
-def replay_main(input: Path, out: Path, config_path: Path | None) -> int:
+def replay_main(input: Path, out: Path, config_path: Path | None, clips: bool = False) -> int:
     """Run the replay; the exit code (0 ok, 1 some images skipped, 2 bad input, config or models)."""
     configure_logging("warning", "console", stream=sys.stderr)
     # Every failure is reported here in one line; OpenCV's own warnings would only repeat it.
@@ -108,6 +115,8 @@ def replay_main(input: Path, out: Path, config_path: Path | None) -> int:
     if not input.exists():
         return _fail(f"{input}: no such file or directory")
     images = input.is_dir()
+    if images and clips:
+        return _fail(f"{input}: clips need a video, not a folder of images")
     if images:
         paths = sorted(p for p in input.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
@@ -119,7 +128,7 @@ def replay_main(input: Path, out: Path, config_path: Path | None) -> int:
         except CameraError as exc:
             return _fail(str(exc))
         camera = OpenCVCamera(CameraConfig(name="replay", source=str(input), kind="file", rate="max", at_end="stop"))
-    vision = replay_vision(settings.vision, images)
+    vision = replay_vision(settings.vision, images, clips)
     try:
         parts = load_parts(vision)
     except ModelError as exc:
@@ -127,9 +136,10 @@ def replay_main(input: Path, out: Path, config_path: Path | None) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "snapshots").mkdir(exist_ok=True)
+        (out / "clips").mkdir(exist_ok=True)
     except OSError as exc:
         return _fail(f"{out}: cannot create the output directory: {exc.strerror or exc}")
-    for old in (out / "snapshots").glob("*.jpg"):
+    for old in [*(out / "snapshots").glob("*.jpg"), *(out / "clips").glob("*.mp4")]:
         old.unlink()
     written = asyncio.run(_replay(camera, vision, settings.privacy.plates, parts, out, images))
     print(f"smartpole replay: {written} events in {out / 'events.jsonl'}", file=sys.stderr)
@@ -149,6 +159,8 @@ async def _replay(
         sink = _SourceSink(outbox)
         pipeline = VisionPipeline(camera, parts, vision, policy, sink, executor)
         names = [p.name for p in camera.paths] if isinstance(camera, StillImages) else []
+        c = vision.clips
+        next_clip = None  # stream time of the next back-to-back manual trigger
         camera.start()
         try:
             while True:
@@ -161,6 +173,12 @@ async def _replay(
                     pipeline.reset_scene()
                 sink.source = names[frame.position] if images and frame.position is not None else frame.position
                 await pipeline.process(frame)
+                if c.enabled:
+                    next_clip = frame.t_stream + c.pre_s if next_clip is None else next_clip
+                    if frame.t_stream >= next_clip and pipeline.trigger_clip():
+                        next_clip += c.pre_s + c.post_s
+            if next_clip is not None and pipeline.clips is not None and not pipeline.clips.collecting:
+                pipeline.trigger_clip()  # the tail after the last whole clip: cut short at the end
             await pipeline.flush()
         finally:
             await asyncio.to_thread(camera.stop)
@@ -174,13 +192,20 @@ async def _write(outbox: Outbox, sink: _SourceSink, out: Path) -> int:
     records = sorted(await outbox.next_batch(len(sink.sources) + 1, 2**62), key=lambda r: r.seq)
     with (out / "events.jsonl").open("w", encoding="utf-8") as f:
         for record in records:
-            snapshot = None
+            snapshot = clip = None
             if record.media:
-                jpeg = await outbox.media(record.media[0])
-                if jpeg is not None:
+                media = await outbox.media(record.media[0])
+                if media is not None:
                     event_type = orjson.loads(record.body)["type"]
-                    snapshot = f"snapshots/{record.seq:06d}-{event_type}.jpg"
-                    (out / snapshot).write_bytes(jpeg)
-            extra = orjson.dumps({"source": sink.sources.get(record.id), "snapshot": snapshot}).decode()
+                    if is_mp4(media):
+                        clip = f"clips/{record.seq:06d}-{event_type}.mp4"
+                        (out / clip).write_bytes(media)
+                    else:
+                        snapshot = f"snapshots/{record.seq:06d}-{event_type}.jpg"
+                        (out / snapshot).write_bytes(media)
+            keys: dict[str, Any] = {"source": sink.sources.get(record.id), "snapshot": snapshot}
+            if clip is not None:
+                keys["clip"] = clip
+            extra = orjson.dumps(keys).decode()
             f.write(record.body[:-1] + "," + extra[1:] + "\n")
     return len(records)

@@ -47,6 +47,10 @@ class FaceDetector(Protocol):
 
     def detect(self, image: np.ndarray, threshold: float) -> list[Detection]: ...
 
+    def detect_batch(self, images: Sequence[np.ndarray], threshold: float) -> list[list[Detection]]:
+        """Faces in each of ``images`` (all of one size, not scaled down), in one inference where possible."""
+        ...
+
     def stats(self) -> ModelStats: ...
 
 

@@ -1,8 +1,11 @@
 """Redaction of faces and plates, before any frame is encoded.
 
-The detectors look for faces (on the whole frame and, enlarged, in the upper
-part of every person box, where small faces are found that the whole-frame
-pass misses) and for plate candidates in every vehicle box. Two passes over
+The detectors look for faces on the whole frame (the larger faces), enlarged
+in the upper part of every person box (all heads of a frame in one batched
+call) and in enlarged tiles of a band of the frame (:mod:`models.smallfaces`:
+faces down to 10 px, also of people the person detector misses), and for plate
+candidates in every vehicle box. Finds of one object by several passes are
+merged into one box, so that it is covered once. Two passes over
 what they find: the first covers, with a margin, everything scoring at least
 the first-pass thresholds; the second goes over everything down to the lower
 second-pass thresholds and covers what the first left uncovered. (The
@@ -28,8 +31,9 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.detection import Box, FaceDetector, covered_fraction, expand, offset, to_pixels
+from models.detection import Box, FaceDetector, clip, covered_fraction, expand, iou, offset, to_pixels
 from models.plates import PlateFinder
+from models.smallfaces import SmallFaceConfig, Tile, TileMemory, scan_tiles, tile_grid
 
 Method = Literal["pixelate", "blur", "fill"]
 Kind = Literal["face", "plate"]
@@ -37,6 +41,10 @@ Kind = Literal["face", "plate"]
 _MIN_PERSON_PX = 24  # person boxes shorter than this hold a face of under 4 px: nothing to identify
 _MIN_VEHICLE_PX = 24
 _COVERED = 0.9  # a second-pass find this much under earlier redactions is already handled
+# A pixelation block is never smaller than this: 6x6 blocks over an 18 px region (a 10 px face and its margin)
+# would keep about every pixel the face had.
+_MIN_BLOCK_PX = 8
+_MIN_MARGIN_PX = 4
 
 REDACTED_BELOW = 0.3
 """A region whose :func:`residual_detail` against the original is below this counts as redacted."""
@@ -70,7 +78,11 @@ class RedactionConfig(BaseModel):
         "would keep one average per character.",
     )
     pixelate_blocks: int = Field(
-        6, ge=2, le=8, description="Blocks across each side of a pixelated region (at most 8)."
+        6,
+        ge=2,
+        le=8,
+        description="Blocks across each side of a pixelated region (at most 8; fewer in a small region, where a "
+        "block is never under 8 px).",
     )
     head_crop_px: int = Field(
         96,
@@ -84,7 +96,10 @@ class RedactionConfig(BaseModel):
         ge=320,
         le=4096,
         description="Longest side of the frame given to the whole-frame face pass (cost and memory grow with "
-        "its square; small faces are found by the pass inside person boxes).",
+        "its square; small faces are found by the person and tile passes).",
+    )
+    small_faces: SmallFaceConfig = Field(
+        default_factory=SmallFaceConfig, description="The tiled, enlarged pass for faces too small for the others."
     )
 
 
@@ -123,7 +138,8 @@ def cover(image: np.ndarray, box: Box, method: Method, blocks: int) -> None:
     if method == "fill":
         region[...] = np.array(cv2.mean(region)[: region.shape[2] if region.ndim == 3 else 1], region.dtype)
     elif method == "pixelate":
-        small = cv2.resize(region, (min(blocks, w), min(blocks, h)), interpolation=cv2.INTER_AREA)
+        n = max(1, min(blocks, min(w, h) // _MIN_BLOCK_PX))
+        small = cv2.resize(region, (n, n), interpolation=cv2.INTER_AREA)
         region[...] = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST).reshape(region.shape)
     else:
         k = max(w, h) | 1
@@ -169,8 +185,16 @@ def _letterbox(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
     return canvas, scale
 
 
+Find = tuple[Kind, Box, float]
+"""What a detector found for redaction: its kind, its box in frame pixels and its score."""
+
+
 class Redactor:
-    """Finds and covers faces and plates in two passes; fails closed."""
+    """Finds and covers faces and plates in two passes; fails closed.
+
+    The finders are public so that the video redactor can schedule them over
+    frames; :meth:`redact` runs them all on one frame.
+    """
 
     def __init__(
         self,
@@ -189,46 +213,145 @@ class Redactor:
     def available(self) -> bool:
         return self.unavailable is None
 
-    def redact(self, image: np.ndarray, people: Sequence[Box], vehicles: Sequence[Box]) -> Redaction:
-        """A redacted copy of ``image``; ``people`` and ``vehicles`` are the detector's boxes in it."""
+    def redact(
+        self,
+        image: np.ndarray,
+        people: Sequence[Box],
+        vehicles: Sequence[Box],
+        memory: TileMemory | None = None,
+        now: float = 0.0,
+    ) -> Redaction:
+        """A redacted copy of ``image``; ``people`` and ``vehicles`` are the detector's boxes in it.
+
+        With a camera's ``memory``, only the tiles it says are due (motion, age at ``now``) are scanned
+        and the others' last finds are covered; without, every tile of the band is scanned.
+        """
+        self.check()
+        c = self.config
+        try:
+            found = self.whole_frame_faces(image) + self.head_faces(image, people)
+            if c.small_faces.enabled:
+                height, width = image.shape[:2]
+                if memory is None:
+                    found += [f for _, f in self.tile_faces(image, tile_grid(width, height, c.small_faces))]
+                else:
+                    assert self.faces is not None
+                    due = memory.due(width, height, now)
+                    t = c.face_second_pass_threshold
+                    memory.store(due, scan_tiles(self.faces, image, due, c.small_faces.upscale, t), now)
+                    found += [("face", d.box, d.score) for d in memory.found()]
+            found += self.plates_in(image, vehicles)
+        except Exception as exc:
+            raise RedactionUnavailable(f"redaction failed: {type(exc).__name__}: {exc}") from exc
+        return self.cover(image, found)
+
+    def check(self) -> None:
+        """Raise :class:`RedactionUnavailable` when a model is missing."""
         if self.unavailable is not None:
             raise RedactionUnavailable(self.unavailable)
+
+    def cover(self, image: np.ndarray, found: Sequence[Find], extra: Sequence[Box] = ()) -> Redaction:
+        """A copy of ``image`` with ``found`` covered in two passes, and ``extra`` (already margined) as faces."""
         c = self.config
         out = image.copy()
         regions: list[RedactedRegion] = []
-        try:
-            found = self._find(image, people, vehicles, c.face_second_pass_threshold, c.plate_second_pass_threshold)
-        except Exception as exc:
-            raise RedactionUnavailable(f"redaction failed: {type(exc).__name__}: {exc}") from exc
         height, width = out.shape[:2]
+        found = merge_overlapping(found)
         first = [f for f in found if f[2] >= (c.face_threshold if f[0] == "face" else c.plate_threshold)]
         for pass_no, finds in ((1, first), (2, [f for f in found if f not in first])):
             done = [r.box for r in regions]
             for kind, box, score in finds:
                 if pass_no > 1 and covered_fraction(box, done) >= _COVERED:
                     continue
-                region = expand(box, c.margin, width, height)
+                region = _with_margin(box, c.margin, width, height)
                 cover(out, region, c.face_method if kind == "face" else c.plate_method, c.pixelate_blocks)
                 regions.append(RedactedRegion(kind, region, score, pass_no))
+        for box in extra:
+            cover(out, box, c.face_method, c.pixelate_blocks)
+            regions.append(RedactedRegion("face", box, 0.0, 0))
         return Redaction(out, tuple(regions))
 
-    def _find(
-        self, image: np.ndarray, people: Sequence[Box], vehicles: Sequence[Box], face_t: float, plate_t: float
-    ) -> list[tuple[Kind, Box, float]]:
-        assert self.faces is not None and self.plates is not None
-        found: list[tuple[Kind, Box, float]] = [("face", d.box, d.score) for d in self.faces.detect(image, face_t)]
+    # The finders report down to the second-pass thresholds; exceptions propagate (the caller fails closed).
+
+    def whole_frame_faces(self, image: np.ndarray) -> list[Find]:
+        """Faces on the whole frame, scaled to at most ``face_max_side``: the larger faces."""
+        assert self.faces is not None
+        return [("face", d.box, d.score) for d in self.faces.detect(image, self.config.face_second_pass_threshold)]
+
+    def head_faces(self, image: np.ndarray, people: Sequence[Box]) -> list[Find]:
+        """Faces in the upper part of every person box, all heads enlarged to one size in one batched call."""
+        assert self.faces is not None
         height, width = image.shape[:2]
+        crops: list[np.ndarray] = []
+        places: list[tuple[int, int, float]] = []
         for person in people:
             if person[3] - person[1] < _MIN_PERSON_PX:
                 continue
-            head = (person[0], person[1], person[2], person[1] + 0.45 * (person[3] - person[1]))
-            x1, y1, x2, y2 = to_pixels(expand(head, 0.15, width, height))
+            x1, y1, x2, y2 = to_pixels(expand(head_of(person), 0.15, width, height))
             if x2 - x1 < 4 or y2 - y1 < 4:
                 continue
             crop, scale = _letterbox(image[y1:y2, x1:x2], self.config.head_crop_px)
-            found += [("face", offset(d.box, x1, y1, scale), d.score) for d in self.faces.detect(crop, face_t)]
+            crops.append(crop)
+            places.append((x1, y1, scale))
+        found: list[Find] = []
+        for (x1, y1, scale), faces in zip(
+            places, self.faces.detect_batch(crops, self.config.face_second_pass_threshold), strict=True
+        ):
+            found += [("face", offset(d.box, x1, y1, scale), d.score) for d in faces]
+        return found
+
+    def faces_in_crops(self, crops: Sequence[np.ndarray]) -> list[list[Find]]:
+        """Faces in each of ``crops`` (one size, already enlarged), in the crops' pixels, one batched call."""
+        assert self.faces is not None
+        found = self.faces.detect_batch(crops, self.config.face_second_pass_threshold)
+        return [[("face", d.box, d.score) for d in faces] for faces in found]
+
+    def tile_faces(self, image: np.ndarray, tiles: Sequence[Tile]) -> list[tuple[Tile, Find]]:
+        """Small faces in ``tiles`` of the band, enlarged ``small_faces.upscale`` times, with the tile of each."""
+        assert self.faces is not None
+        c = self.config
+        found = scan_tiles(self.faces, image, tiles, c.small_faces.upscale, c.face_second_pass_threshold)
+        return [(tile, ("face", d.box, d.score)) for tile, d in found]
+
+    def plates_in(self, image: np.ndarray, vehicles: Sequence[Box]) -> list[Find]:
+        """Plate candidates in every vehicle box large enough to hold a legible one."""
+        assert self.plates is not None
+        found: list[Find] = []
         for vehicle in vehicles:
             if min(vehicle[2] - vehicle[0], vehicle[3] - vehicle[1]) < _MIN_VEHICLE_PX:
                 continue
-            found += [("plate", p.box, p.score) for p in self.plates.find(image, vehicle, plate_t)]
+            found += [
+                ("plate", p.box, p.score)
+                for p in self.plates.find(image, vehicle, self.config.plate_second_pass_threshold)
+            ]
         return found
+
+
+def _with_margin(box: Box, margin: float, width: int, height: int) -> Box:
+    """``box`` grown by ``margin`` of its size, and by at least ``_MIN_MARGIN_PX`` on every side: a detector's box
+    of a 10 px face is off by a pixel or two, which is a fifth of the face."""
+    dx = max((box[2] - box[0]) * margin, _MIN_MARGIN_PX)
+    dy = max((box[3] - box[1]) * margin, _MIN_MARGIN_PX)
+    return clip((box[0] - dx, box[1] - dy, box[2] + dx, box[3] + dy), width, height)
+
+
+def merge_overlapping(found: Sequence[Find], min_iou: float = 0.3) -> list[Find]:
+    """One find per object: finds of one kind that overlap become their union, with the best score.
+
+    Several passes find the same face with slightly different boxes; covered
+    one by one, their pixelation grids would cross and draw new edges over it.
+    """
+    merged: list[Find] = []
+    for kind, box, score in sorted(found, key=lambda f: -f[2]):
+        for i, (k, b, s) in enumerate(merged):
+            if k == kind and iou(b, box) >= min_iou:
+                merged[i] = (k, (min(b[0], box[0]), min(b[1], box[1]), max(b[2], box[2]), max(b[3], box[3])), s)
+                break
+        else:
+            merged.append((kind, box, score))
+    return merged
+
+
+def head_of(person: Box) -> Box:
+    """The upper part of a person box, where the face is (standing, sitting or bent over)."""
+    return (person[0], person[1], person[2], person[1] + 0.45 * (person[3] - person[1]))

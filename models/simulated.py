@@ -8,6 +8,8 @@ without model files, and make no claim about real images.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
@@ -62,6 +64,9 @@ class SimulatedFaceDetector:
         return [
             Detection("face", 0.9, (float(x1), float(y1), float(x2), float(y2))) for x1, y1, x2, y2 in _blobs(skin, 12)
         ]
+
+    def detect_batch(self, images: Sequence[np.ndarray], threshold: float) -> list[list[Detection]]:
+        return [self.detect(i, threshold) for i in images]
 
     def stats(self) -> ModelStats:
         return self.timer.stats()

@@ -157,7 +157,7 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from gateway.replay import replay_main
 
-    return replay_main(Path(args.input), Path(args.out), Path(args.config) if args.config else None)
+    return replay_main(Path(args.input), Path(args.out), Path(args.config) if args.config else None, args.clips)
 
 
 def cmd_sensors_decode(args: argparse.Namespace) -> int:
@@ -252,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="INPUT", help="video file or folder of images")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--config", metavar="FILE", help="pole configuration whose [vision] and [privacy] to use")
+    p.add_argument(
+        "--clips",
+        action="store_true",
+        help="also cut the whole video into redacted clips ([vision.clips] settings, back to back, pre_s + post_s "
+        "long) under DIR/clips/, each a 'clip' event with a 'clip' key",
+    )
     p.set_defaults(func=cmd_replay)
 
     from gateway.sensing.tools import KINDS

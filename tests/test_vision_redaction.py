@@ -9,6 +9,7 @@ score far above it, so the test can fail.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -19,10 +20,10 @@ import pytest
 from gateway.replay import replay_main
 from gateway.vision.config import SnapshotConfig
 from gateway.vision.snapshots import SnapshotMaker
-from models.detection import PEOPLE, Box, expand, to_pixels
+from models.detection import PEOPLE, Box, covered_fraction, expand, to_pixels
 from models.redact import REDACTED_BELOW, RedactionConfig, Redactor, cover, residual_detail
 from models.registry import REGISTRY, ModelRegistry
-from tests.helpers.vision import BUS, BUS_PLATE, FACE_COUNTS, FACES, image, read_jsonl, real_parts
+from tests.helpers.vision import BUS, BUS_PLATE, FACE_COUNTS, FACES, PRIVACY, image, read_jsonl, real_parts
 
 
 def snapshot_of(img: np.ndarray) -> np.ndarray:
@@ -123,3 +124,27 @@ def test_no_snapshot_exists_when_the_face_model_is_removed(tmp_path: Path, capsy
         assert event["media"] == [] and event["snapshot"] is None
         assert "centerface_dynamic.onnx" in event["data"]["snapshot_withheld"]
     assert list((out / "snapshots").iterdir()) == []
+
+
+def _composite_faces(small_faces: bool) -> list[tuple[float, float]]:
+    """(face height, covered fraction) of every labelled face of the 640x480 composite."""
+    labels = json.loads((PRIVACY / "labels.json").read_text())["composite_640x480.jpg"]["faces"]
+    img = image(PRIVACY / "composite_640x480.jpg")
+    parts = real_parts()
+    config = parts.redactor.config.model_copy(
+        update={"small_faces": parts.redactor.config.small_faces.model_copy(update={"enabled": small_faces})}
+    )
+    redactor = Redactor(parts.redactor.faces, parts.redactor.plates, config)
+    found = parts.detector.detect(img)
+    redaction = redactor.redact(img, [d.box for d in found if d.label in PEOPLE], [])
+    regions = [r.box for r in redaction.regions]
+    return [(f["height"], covered_fraction(tuple(f["box"]), regions)) for f in labels]
+
+
+def test_faces_down_to_10_px_are_covered_at_640x480() -> None:
+    assert all(fraction >= 0.9 for _, fraction in _composite_faces(True))
+
+
+def test_without_the_tiled_pass_the_smallest_faces_are_left() -> None:
+    left = [height for height, fraction in _composite_faces(False) if fraction < 0.9]
+    assert left and max(left) < 16, left

@@ -12,14 +12,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gateway.vision.videoredact import VideoRedactionConfig
 from models.redact import RedactionConfig
 
 Label = Literal["person", "bicycle", "car", "motorcycle", "bus", "truck"]
+ClipTrigger = Literal["traffic_violation", "line_crossing", "tamper", "manual"]
 Recogniser = Literal["tesseract", "ppocr"]
 Point = tuple[float, float]
 
 ALL_LABELS: list[Label] = ["person", "bicycle", "car", "motorcycle", "bus", "truck"]
 ALL_RECOGNISERS: list[Recogniser] = ["tesseract", "ppocr"]
+ALL_CLIP_TRIGGERS: list[ClipTrigger] = ["traffic_violation", "line_crossing", "tamper", "manual"]
+VEHICLE_LABELS: list[Label] = ["bicycle", "car", "motorcycle", "bus", "truck"]
 
 
 class Strict(BaseModel):
@@ -52,6 +56,13 @@ class DetectionConfig(Strict):
 
     threshold: float = Field(0.35, gt=0, lt=1, description="Lowest detector score kept.")
     nms_iou: float = Field(0.5, gt=0, lt=1, description="Overlap above which two boxes are one object.")
+    interval_frames: int = Field(
+        1,
+        ge=1,
+        le=30,
+        description="Detect on one frame in this many (where something moves; the whole-frame pass is kept); the "
+        "tracker predicts the boxes between. 3 suits a 25 fps camera whose every frame is redacted for clips.",
+    )
     classes: list[Label] = Field(
         default_factory=lambda: list(ALL_LABELS), min_length=1, description="Classes detected."
     )
@@ -213,6 +224,56 @@ class HealthConfig(Strict):
     learn_s: float = Field(5.0, gt=0, description="Time after start (or after a move) to learn the normal view.")
 
 
+class ClipConfig(Strict):
+    """Short redacted event clips (H.264 MP4) from a ring buffer of frames kept in memory only."""
+
+    enabled: bool = Field(
+        False,
+        description="Keep clips; every frame that goes into the ring buffer is redacted first (this costs CPU on "
+        "every frame, see README: Vision on the pole).",
+    )
+    triggers: list[ClipTrigger] = Field(
+        default_factory=lambda: list(ALL_CLIP_TRIGGERS),
+        description="What makes a clip: 'traffic_violation' (radar and plate, this camera), 'line_crossing' (a track "
+        "of line_classes crossing a counting line), 'tamper' (when it begins), 'manual' (the status page's button).",
+    )
+    line_classes: list[Label] = Field(
+        default_factory=lambda: list(VEHICLE_LABELS),
+        description="Classes whose counting-line crossings make a clip.",
+    )
+    pre_s: float = Field(5.0, ge=0, le=30, description="Seconds of video before the trigger.")
+    post_s: float = Field(5.0, gt=0, le=30, description="Seconds of video after the trigger.")
+    max_s: float = Field(
+        30.0,
+        gt=0,
+        le=120,
+        description="Longest clip: triggers during a clip extend it (each is listed in it) up to this length.",
+    )
+    fps: float = Field(
+        10.0, gt=0, le=60, description="Most frames per second kept (and redacted); the camera's rate if lower."
+    )
+    max_width: int = Field(
+        640,
+        ge=160,
+        le=3840,
+        description="Frames wider than this are scaled down (after redaction) for the clip: 640 px keeps a default "
+        "clip (10 s at 10 fps, as I420) in 35 MB.",
+    )
+    max_bytes: int = Field(
+        48 * 2**20,
+        ge=2**20,
+        description="Most memory for the redacted frames in the ring buffer and in clips being collected; past it the "
+        "oldest frames go (a clip then starts later).",
+    )
+    crf: int = Field(28, ge=15, le=45, description="H.264 constant rate factor: higher is smaller and coarser.")
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] = Field(
+        "veryfast", description="x264 preset: faster uses less CPU for larger files."
+    )
+    redaction: VideoRedactionConfig = Field(
+        default_factory=VideoRedactionConfig, description="How the redaction passes are spread over the frames."
+    )
+
+
 def _whole_frame() -> list[ZoneConfig]:
     return [ZoneConfig(name="frame", polygon=[(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)])]
 
@@ -234,6 +295,7 @@ class VisionConfig(Strict):
     plates: PlateReadingConfig = Field(default_factory=PlateReadingConfig, description="Plate reading.")
     redaction: RedactionConfig = Field(default_factory=RedactionConfig, description="Face and plate redaction.")
     snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig, description="Redacted snapshots.")
+    clips: ClipConfig = Field(default_factory=ClipConfig, description="Redacted event clips.")
     health: HealthConfig = Field(default_factory=HealthConfig, description="Camera faults and tamper.")
 
     @field_validator("lines", "zones")

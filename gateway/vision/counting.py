@@ -31,6 +31,16 @@ class CountReport:
     counts: dict[str, dict[str, int]]
 
 
+@dataclass(frozen=True, slots=True)
+class Crossing:
+    """One track crossing one line (what a clip trigger needs to know)."""
+
+    line: str
+    direction: str
+    label: str
+    track_id: int
+
+
 def _side(line: LineConfig, p: Point) -> float:
     (x1, y1), (x2, y2) = line.start, line.end
     length = max(((x2 - x1) ** 2 + (y2 - y1) ** 2) ** 0.5, 1e-9)
@@ -60,11 +70,11 @@ class LineCounter:
     def reset(self) -> None:
         self._sides.clear()
 
-    def update(self, tracks: list[Track], width: int, height: int, ts: float) -> int:
-        """Look at this frame's confirmed tracks; returns how many crossings were counted."""
+    def update(self, tracks: list[Track], width: int, height: int, ts: float) -> list[Crossing]:
+        """Look at this frame's confirmed tracks; the crossings counted."""
         if not self.lines:
-            return 0
-        counted = 0
+            return []
+        counted: list[Crossing] = []
         live: set[int] = set()
         for track in tracks:
             live.add(track.id)
@@ -84,9 +94,9 @@ class LineCounter:
                     continue
                 direction = line.forward if sign > 0 else line.backward
                 self._count(ts, line.name, direction, track.label)
-                counted += 1
+                counted.append(Crossing(line.name, direction, track.label, track.id))
         self._sides = {k: v for k, v in self._sides.items() if k[0] in live}
-        self.total += counted
+        self.total += len(counted)
         return counted
 
     def _count(self, ts: float, line: str, direction: str, label: str) -> None:

@@ -9,6 +9,8 @@ epoch seconds (UTC), confidences 0..1. Priorities:
 - ``presence``, ``count`` and ``plate_read`` are EVENT. The ones that carry a
   snapshot are heavier; the snapshot intervals in ``[vision.snapshots]``
   bound how many do.
+- ``clip`` is MEDIA: a redacted video is the first thing to go under the disk
+  cap and the last to be sent; it names the events that triggered it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ COUNT = "count"
 PLATE_READ = "plate_read"
 CAMERA_FAULT = "camera_fault"
 TAMPER = "tamper"
+CLIP = "clip"
 
 PRIORITIES: dict[str, Priority] = {
     PRESENCE: Priority.EVENT,
@@ -33,6 +36,7 @@ PRIORITIES: dict[str, Priority] = {
     PLATE_READ: Priority.EVENT,
     CAMERA_FAULT: Priority.ALERT,
     TAMPER: Priority.ALERT,
+    CLIP: Priority.MEDIA,
 }
 
 
@@ -103,6 +107,25 @@ class TamperData(TypedDict):
     detail: str
     snapshot: NotRequired[SnapshotInfo]
     snapshot_withheld: NotRequired[str]
+
+
+class ClipData(TypedDict):
+    """``clip``: a redacted H.264 MP4 of ``duration_s`` around one or more triggers (the event's media)."""
+
+    camera: str
+    triggers: list[dict[str, Any]]  # each: type, ts, and event_id (violation, tamper) or line details
+    start_ts: float  # wall time of the first frame
+    end_ts: float
+    duration_s: float
+    frames: int
+    fps: float
+    width: int
+    height: int
+    codec: str  # 'h264'
+    container: str  # 'mp4'
+    bytes: int
+    faces_redacted: int  # covered faces summed over frames
+    plates_redacted: int
 
 
 def normalised_box(box: Box, width: int, height: int) -> list[float]:

@@ -21,11 +21,14 @@ from models.detection import Box
 
 @dataclass(frozen=True, slots=True)
 class MotionResult:
-    """What moved: ``region`` in full-frame pixels, None when nothing did or it is most of the frame."""
+    """What moved: ``region`` (where to detect) in full-frame pixels, None when nothing did or it is most of the
+    frame; ``blobs``, the box of every moving blob (also those too small to count as motion), in full-frame
+    pixels."""
 
     moving: bool
     fraction: float
     region: Box | None
+    blobs: tuple[Box, ...] = ()
 
 
 def small_grey(image: np.ndarray, width: int) -> np.ndarray:
@@ -59,16 +62,26 @@ class MotionGate:
         count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         min_pixels = max(2.0, self.config.min_area * grey.size)
         blobs = [stats[i] for i in range(1, count) if stats[i][4] >= min_pixels]
+        sx, sy = frame_width / grey.shape[1], frame_height / grey.shape[0]
+        # Every blob, small ones too, with a pixel of the small frame around it: where small faces may have moved.
+        boxes = tuple(
+            (
+                float((b[0] - 1) * sx),
+                float((b[1] - 1) * sy),
+                float((b[0] + b[2] + 1) * sx),
+                float((b[1] + b[3] + 1) * sy),
+            )
+            for b in stats[1:count]
+        )
         if not blobs:
-            return MotionResult(False, 0.0, None)
+            return MotionResult(False, 0.0, None, boxes)
         fraction = float(sum(b[4] for b in blobs)) / grey.size
         x1 = min(b[0] for b in blobs)
         y1 = min(b[1] for b in blobs)
         x2 = max(b[0] + b[2] for b in blobs)
         y2 = max(b[1] + b[3] for b in blobs)
-        sx, sy = frame_width / grey.shape[1], frame_height / grey.shape[0]
         region = self._detection_region((x1 * sx, y1 * sy, x2 * sx, y2 * sy), frame_width, frame_height)
-        return MotionResult(True, fraction, region)
+        return MotionResult(True, fraction, region, boxes)
 
     def _detection_region(self, moving: Box, width: int, height: int) -> Box | None:
         """The moving box with a margin, made squarish (the detector stretches to a square);

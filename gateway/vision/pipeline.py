@@ -5,7 +5,10 @@ detector where something moves, or on the whole frame at least every
 ``full_pass_interval_s``; the tracker; counting lines and zones; at most one
 plate-reading attempt; and, only for frames that produce an event with a
 picture (or refresh the status page), face and plate redaction and the JPEG.
-All pixel work runs on the inference pool, never on the event loop.
+With clips on, every frame kept for them (``[vision.clips] fps``) is redacted
+by the video redactor and goes into the clip ring buffer; clips are encoded
+on a thread of their own. All pixel work runs on the inference pool, never on
+the event loop.
 
 The pipeline knows events only as :class:`~sync.events.NewEvent` handed to an
 :class:`~sync.events.EventSink`: the daemon wires it to the outbox, replay to
@@ -15,12 +18,13 @@ a file, tests to a list.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import statistics
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,19 +33,23 @@ import structlog
 
 from gateway.sensing.sightings import PlateSighting
 from gateway.vision import events as ve
+from gateway.vision.clips import ClipRecorder, ClipRequest, ClipStats
 from gateway.vision.config import VisionConfig
-from gateway.vision.counting import LineCounter
+from gateway.vision.counting import Crossing, LineCounter
 from gateway.vision.health import CameraHealth, HealthChange
 from gateway.vision.motion import MotionGate, MotionResult, small_grey
+from gateway.vision.mp4 import encode_mp4
 from gateway.vision.plates import PlateRead, PlateReader
 from gateway.vision.privacy import PlatePolicy
 from gateway.vision.snapshots import Snapshot, SnapshotMaker, SnapshotStats
 from gateway.vision.tracker import Track, Tracker
+from gateway.vision.videoredact import TrackBox, VideoRedactor
 from gateway.vision.zones import ZonePresence
 from hal.camera.base import Camera, CameraStats, Frame
 from models.detection import PEOPLE, Box, Detection, ObjectDetector, offset, to_pixels
-from models.redact import Redactor
+from models.redact import RedactionUnavailable, Redactor
 from models.runtime import ModelStats
+from models.smallfaces import TileMemory
 from sync.events import EventSink, Location, NewEvent
 
 log = structlog.get_logger(__name__)
@@ -49,7 +57,7 @@ log = structlog.get_logger(__name__)
 PlateCallback = Callable[[PlateSighting], Awaitable[None] | None]
 LocationProvider = Callable[[], Location | None]
 
-STAGES = ("motion", "detect", "track", "plates", "redact", "encode", "commit")
+STAGES = ("motion", "detect", "track", "plates", "redact", "encode", "commit", "clip_redact", "clip_encode")
 _FRAME_WAIT_S = 0.5  # longest wait for a frame before the loop reports progress again
 _RECENT = 300
 
@@ -87,6 +95,7 @@ class PipelineStats:
     counted_crossings: int
     plates_read: int
     snapshots: SnapshotStats
+    clips: ClipStats | None
     models: list[ModelStats]
     models_loaded: list[str]
     stage_ms: dict[str, float]
@@ -134,8 +143,19 @@ class VisionPipeline:
         self.zones = ZonePresence(config.zones, config.presence)
         self.motion = MotionGate(config.motion)
         self.health = CameraHealth(config.health)
+        # Snapshots rescan only the small-face tiles where something moved since their last scan.
+        self.tiles = TileMemory(config.redaction.small_faces)
+        self.clips: ClipRecorder | None = None
+        self.video: VideoRedactor | None = None
+        self._clip_encoder: ThreadPoolExecutor | None = None
+        if config.clips.enabled:
+            self.clips = ClipRecorder(config.clips, self.name)
+            self.video = VideoRedactor(parts.redactor, config.clips.redaction)
+        self._encoding: set[asyncio.Task[None]] = set()
+        self._clock: tuple[float, float] | None = None  # (stream time, wall time) of the newest frame
         self.last_progress = time.monotonic()
         self._last_full: float | None = None
+        self._since_detection = 0
         self._last_presence_snapshot: float | None = None
         self._last_status_snapshot: float | None = None
         self._stage: dict[str, deque[float]] = {s: deque(maxlen=_RECENT) for s in STAGES}
@@ -187,9 +207,14 @@ class VisionPipeline:
             tracks = self.tracker.update(analysis.detections, frame.t_stream, analysis.region)
         else:
             tracks = self.tracker.confirmed()
-        self.counter.update(tracks, width, height, frame.ts_wall)
+        crossings = self.counter.update(tracks, width, height, frame.ts_wall)
         presence = self.zones.due(tracks, width, height, frame.t_stream)
         self._time("track", time.perf_counter() - start)
+        self._clock = (frame.t_stream, frame.ts_wall)
+        if self.clips is not None:
+            self._crossing_triggers(crossings, frame)
+            if self.clips.wants(frame.t_stream):
+                await self._clip_frame(frame, analysis, loop)
 
         people, vehicles = self._boxes(analysis.detections, tracks)
         snapshot: Snapshot | None = None
@@ -199,7 +224,15 @@ class VisionPipeline:
             nonlocal snapshot, withheld
             if snapshot is None and withheld is None:
                 snapshot = await loop.run_in_executor(
-                    self.executor, self.snapshots.make, frame.image, people, vehicles, frame.ts_wall, self.name
+                    self.executor,
+                    self.snapshots.make,
+                    frame.image,
+                    people,
+                    vehicles,
+                    frame.ts_wall,
+                    self.name,
+                    self.tiles,
+                    frame.t_stream,
                 )
                 if snapshot is None:
                     withheld = self.snapshots.stats().last_error or "redaction unavailable"
@@ -246,7 +279,13 @@ class VisionPipeline:
             events.append(self._event(ve.COUNT, dict(ve.count(self.name, count)), frame, None, None))
 
         if snapshot is None and withheld is None and self._status_picture_due(frame.t_stream):
-            await picture()
+            if self.clips is not None and self.clips.ring:
+                # The newest clip frame is already redacted: the status page shows it rather than pay for a snapshot.
+                newest = self.clips.ring[-1]
+                await loop.run_in_executor(self.executor, self.snapshots.show, newest.i420, newest.ts_wall)
+                self._last_status_snapshot = frame.t_stream
+            else:
+                await picture()
         if snapshot is not None or withheld is not None:
             self._last_status_snapshot = frame.t_stream
 
@@ -255,12 +294,36 @@ class VisionPipeline:
         self._done.append(time.monotonic())
 
     async def flush(self) -> None:
-        """Emit what is still aggregated (counts of the current minute)."""
+        """Emit what is still aggregated (counts of the current minute, clips being collected)."""
         ts = time.time()
         events = [
             self._event(ve.COUNT, dict(ve.count(self.name, c)), None, None, None, ts) for c in self.counter.flush()
         ]
         await self._emit(events)
+        if self.clips is not None and self.video is not None:
+            for frame in self.video.flush():
+                for request in self.clips.add(frame):
+                    self._start_encoding(request)
+            for request in self.clips.finish():
+                self._start_encoding(request)
+        if self._encoding:
+            await asyncio.gather(*self._encoding)
+        if self._clip_encoder is not None:
+            self._clip_encoder.shutdown()
+            self._clip_encoder = None
+
+    def trigger_clip(self, kind: str = "manual") -> bool:
+        """Ask for a clip around the newest frame (the status page's button); False if clips do not take it."""
+        if self.clips is None or self._clock is None:
+            return False
+        return self.clips.trigger(kind, self._clock[0], self._clock[1])
+
+    def observe_event(self, event: NewEvent, event_id: str) -> None:
+        """An event was committed: a clip trigger if it is one for this camera (violations, tamper)."""
+        if self.clips is None or self._clock is None:
+            return
+        t = self._clock[0] - (self._clock[1] - event.ts)  # its wall time on this camera's stream clock
+        self.clips.observe(event.type, event_id, dict(event.data), t, event.ts)
 
     def reset_scene(self) -> None:
         """Forget tracks, counts in progress, the background and the learned view (a new, unrelated picture)."""
@@ -269,7 +332,10 @@ class VisionPipeline:
         self.zones.reset()
         self.motion.reset()
         self.health = CameraHealth(self.config.health)
+        self.tiles = TileMemory(self.config.redaction.small_faces)
         self._last_full = None
+        if self.video is not None:
+            self.video.reset()
 
     # ------------------------------------------------------------------ on the inference pool
 
@@ -283,9 +349,12 @@ class VisionPipeline:
             grey = small_grey(image, self.config.motion.width)
             if self.config.motion.enabled:
                 motion = self.motion.update(grey, width, height)
+                self.tiles.touch(motion.blobs)
             if self.config.health.enabled:
                 health = self.health.observe(grey, frame.t_stream)
         motion_s = time.perf_counter() - start
+        if motion is None:
+            self.tiles.touch(None)
 
         full_due = (
             self._last_full is None or frame.t_stream - self._last_full >= self.config.motion.full_pass_interval_s
@@ -293,6 +362,10 @@ class VisionPipeline:
         if motion is not None and not motion.moving and not full_due:
             self._still += 1
             return _Analysis([], None, False, motion, health, motion_s, 0.0)
+        self._since_detection += 1
+        if not full_due and self._since_detection < self.config.detection.interval_frames:
+            return _Analysis([], None, False, motion, health, motion_s, 0.0)
+        self._since_detection = 0
         region = None if (motion is None or full_due) else motion.region
         start = time.perf_counter()
         if region is None:
@@ -337,6 +410,89 @@ class VisionPipeline:
             return None
         track.plate_read = True
         return track, plate
+
+    def _crossing_triggers(self, crossings: list[Crossing], frame: Frame) -> None:
+        assert self.clips is not None
+        for c in crossings:
+            if c.label in self.config.clips.line_classes:
+                self.clips.trigger(
+                    "line_crossing",
+                    frame.t_stream,
+                    frame.ts_wall,
+                    line=c.line,
+                    direction=c.direction,
+                    label=c.label,
+                    track_id=c.track_id,
+                )
+
+    async def _clip_frame(self, frame: Frame, analysis: _Analysis, loop: asyncio.AbstractEventLoop) -> None:
+        """Redact this frame for the clips (every track's predicted head is covered) and keep it."""
+        assert self.clips is not None and self.video is not None
+        t = frame.t_stream
+        tracks = [
+            TrackBox(tr.id, tr.group == "person", tr.box if tr.last_seen == t else tr.predicted(t), tr.last_seen == t)
+            for tr in self.tracker.tracks.values()
+        ]
+        moving = analysis.motion.blobs if analysis.motion is not None else None
+        start = time.perf_counter()
+        try:
+            ready = await loop.run_in_executor(
+                self.executor, self.video.push, frame.image, t, frame.ts_wall, tracks, moving
+            )
+        except RedactionUnavailable as exc:
+            self.clips.fail(str(exc))
+            return
+        finally:
+            self._time("clip_redact", time.perf_counter() - start)
+        for redacted in ready:
+            for request in self.clips.add(redacted):
+                self._start_encoding(request)
+
+    def _start_encoding(self, request: ClipRequest) -> None:
+        if self._clip_encoder is None:
+            # A thread of its own: a clip is encoded while the pipeline goes on with the next frames.
+            self._clip_encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"clips-{self.name}")
+        task = asyncio.create_task(self._encode_clip(request), name=f"clip:{self.name}")
+        self._encoding.add(task)
+        task.add_done_callback(self._encoding.discard)
+
+    async def _encode_clip(self, request: ClipRequest) -> None:
+        assert self.clips is not None and self._clip_encoder is not None
+        frames = request.frames
+        c = self.config.clips
+        start = time.perf_counter()
+        try:
+            mp4 = await asyncio.get_running_loop().run_in_executor(
+                self._clip_encoder,
+                functools.partial(encode_mp4, [f.i420 for f in frames], [f.t for f in frames], c.crf, c.preset),
+            )
+        except Exception as exc:
+            self.clips.withheld(f"encoding failed: {type(exc).__name__}: {exc}")
+            log.exception("clip_encoding_failed", camera=self.name)
+            return
+        self._time("clip_encode", time.perf_counter() - start)
+        self.clips.made()
+        width = frames[0].i420.shape[1]
+        height = frames[0].i420.shape[0] * 2 // 3
+        duration = frames[-1].t - frames[0].t
+        data = ve.ClipData(
+            camera=self.name,
+            triggers=request.triggers,
+            start_ts=round(frames[0].ts_wall, 3),
+            end_ts=round(frames[-1].ts_wall, 3),
+            duration_s=round(duration, 3),
+            frames=len(frames),
+            fps=round((len(frames) - 1) / duration, 2) if duration > 0 else 0.0,
+            width=width,
+            height=height,
+            codec="h264",
+            container="mp4",
+            bytes=len(mp4),
+            faces_redacted=sum(f.faces for f in frames),
+            plates_redacted=sum(f.plates for f in frames),
+        )
+        location = self.location() if self.location is not None else None
+        await self._emit([ve.new_event(ve.CLIP, data, frames[0].ts_wall, location, mp4)])
 
     def _boxes(self, detections: Sequence[Detection], tracks: Sequence[Track]) -> tuple[list[Box], list[Box]]:
         """Boxes whose faces and plates a snapshot must cover: this frame's detections and every track."""
@@ -407,15 +563,16 @@ class VisionPipeline:
             return
         start = time.perf_counter()
         try:
-            await self.sink.put_many(events)
+            accepted = await self.sink.put_many(events)
         except Exception as exc:
             self._events_failed += len(events)
             log.error("vision_events_not_stored", camera=self.name, events=len(events), error=str(exc))
             return
         finally:
             self._time("commit", time.perf_counter() - start)
-        for e in events:
+        for e, receipt in zip(events, accepted, strict=True):
             self._events[e.type] = self._events.get(e.type, 0) + 1
+            self.observe_event(e, receipt.id)
 
     async def _tell_fusion(self, sighting: PlateSighting) -> None:
         if self.on_plate is None:
@@ -449,6 +606,7 @@ class VisionPipeline:
             counted_crossings=self.counter.total,
             plates_read=self._plates_read,
             snapshots=self.snapshots.stats(),
+            clips=self.clips.stats() if self.clips is not None else None,
             models=[part.stats() for part in self.parts.timed],
             models_loaded=list(self.parts.loaded),
             stage_ms={s: statistics.median(v) * 1000 for s, v in self._stage.items() if v},

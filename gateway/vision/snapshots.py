@@ -20,6 +20,7 @@ import structlog
 from gateway.vision.config import SnapshotConfig
 from models.detection import Box
 from models.redact import RedactionUnavailable, Redactor
+from models.smallfaces import TileMemory
 
 log = structlog.get_logger(__name__)
 
@@ -64,12 +65,22 @@ class SnapshotMaker:
         self._failing = False
 
     def make(
-        self, image: np.ndarray, people: Sequence[Box], vehicles: Sequence[Box], ts: float, camera: str
+        self,
+        image: np.ndarray,
+        people: Sequence[Box],
+        vehicles: Sequence[Box],
+        ts: float,
+        camera: str,
+        memory: TileMemory | None = None,
+        now: float = 0.0,
     ) -> Snapshot | None:
-        """A redacted snapshot of ``image``, or None when redaction is unavailable (nothing is encoded then)."""
+        """A redacted snapshot of ``image``, or None when redaction is unavailable (nothing is encoded then).
+
+        ``memory`` is the camera's small-face tile memory (see :meth:`models.redact.Redactor.redact`).
+        """
         start = time.perf_counter()
         try:
-            redaction = self.redactor.redact(image, people, vehicles)
+            redaction = self.redactor.redact(image, people, vehicles, memory, now)
         except RedactionUnavailable as exc:
             with self._lock:
                 self._withheld += 1
@@ -105,6 +116,17 @@ class SnapshotMaker:
             self._latest = jpeg
             self._latest_ts = ts
         return Snapshot(jpeg, out.shape[1], out.shape[0], faces, plates, redacted - start, encoded - redacted)
+
+    def show(self, i420: np.ndarray, ts: float) -> None:
+        """Make an already redacted clip frame (I420) the status page's latest picture (it goes into no event)."""
+        ok, buf = cv2.imencode(
+            ".jpg", cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420), [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality]
+        )
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        with self._lock:
+            self._latest = buf.tobytes()
+            self._latest_ts = ts
 
     def stats(self) -> SnapshotStats:
         with self._lock:

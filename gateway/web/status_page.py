@@ -1,4 +1,4 @@
-"""The technicians' status page on the pole's local server: HTML, one JSON endpoint, two actions."""
+"""The technicians' status page on the pole's local server: HTML, one JSON endpoint, three actions."""
 
 from __future__ import annotations
 
@@ -29,6 +29,12 @@ class StatusSource(Protocol):
     def latest_snapshot(self) -> bytes | None: ...
 
     def thumbnail(self, event_id: str) -> bytes | None: ...
+
+    def clip(self, event_id: str) -> bytes | None: ...
+
+    def latest_clip_id(self) -> str | None: ...
+
+    def record_clip(self) -> str: ...
 
     def sync_now(self) -> str: ...
 
@@ -62,7 +68,9 @@ class StatusPage:
         app.router.add_get("/status.json", self.status_json)
         app.router.add_get("/snapshot.jpg", self.snapshot)
         app.router.add_get("/thumbs/{event_id}.jpg", self.thumb)
+        app.router.add_get("/clips/{event_id}.mp4", self.clip)
         app.router.add_post("/actions/sync-now", self.sync_now)
+        app.router.add_post("/actions/record-clip", self.record_clip)
         app.router.add_post("/actions/reload-config", self.reload_config)
         app.router.add_static("/static/", HERE / "static")
 
@@ -73,6 +81,12 @@ class StatusPage:
         values.update({f"{k}_class": v for k, v in view["states"].items()})
         values["snapshot"] = html.escape(view["images"]["snapshot"])
         values["csrf_token"] = html.escape(self.auth.csrf_token(request))
+        clip_id = self.source.latest_clip_id()
+        values["clip"] = (
+            f'<video class="clip" controls preload="metadata" src="/clips/{html.escape(clip_id)}.mp4"></video>'
+            if clip_id
+            else "no clip yet"
+        )
         return web.Response(text=_PAGE.substitute(values), content_type="text/html")
 
     def _login_html(self, error: str) -> str:
@@ -103,6 +117,15 @@ class StatusPage:
         if jpeg is None:
             return json_response({"error": "no picture for that event"}, 404)
         return web.Response(body=jpeg, content_type="image/jpeg")
+
+    async def clip(self, request: web.Request) -> web.Response:
+        mp4 = self.source.clip(request.match_info["event_id"])
+        if mp4 is None:
+            return json_response({"error": "no clip for that event"}, 404)
+        return web.Response(body=mp4, content_type="video/mp4")
+
+    async def record_clip(self, request: web.Request) -> web.Response:
+        return json_response({"message": self.source.record_clip()})
 
     async def sync_now(self, request: web.Request) -> web.Response:
         return json_response({"message": self.source.sync_now()})

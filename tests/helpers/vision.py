@@ -77,3 +77,50 @@ class ListSink:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+PRIVACY = DATA / "privacy"
+
+
+def face_cuts() -> list[tuple[np.ndarray, tuple[float, float, float, float]]]:
+    """The two largest labelled faces of the 1920x1080 composite, each with a face size of context around it,
+    and the face's box in the cut."""
+    labels = json.loads((PRIVACY / "labels.json").read_text())["composite_1920x1080.jpg"]["faces"]
+    picture = image(PRIVACY / "composite_1920x1080.jpg")
+    cuts = []
+    for face in sorted(labels, key=lambda f: -f["height"])[:2]:
+        x1, y1, x2, y2 = face["box"]
+        w, h = x2 - x1, y2 - y1
+        cx1, cy1 = int(x1 - w), int(y1 - h)
+        cut = picture[cy1 : int(y2 + h), cx1 : int(x2 + w)]
+        cuts.append((cut, (x1 - cx1, y1 - cy1, x2 - cx1, y2 - cy1)))
+    return cuts
+
+
+def moving_faces(
+    heights: list[int], frames: int, size: tuple[int, int] = (640, 480), step_px: int = 6
+) -> tuple[list[np.ndarray], list[list[tuple[float, float, float, float]]]]:
+    """A video of real faces of ``heights`` px on the empty street, each crossing the frame on its own row.
+
+    Returns the frames and, per frame, each face's box.
+    """
+    width, height = size
+    street = cv2.resize(empty_street(), size, interpolation=cv2.INTER_AREA)
+    cuts = face_cuts()
+    video: list[np.ndarray] = []
+    boxes: list[list[tuple[float, float, float, float]]] = []
+    for i in range(frames):
+        frame = street.copy()
+        here = []
+        for k, target in enumerate(heights):
+            cut, face = cuts[k % len(cuts)]
+            s = target / (face[3] - face[1])
+            small = cv2.resize(cut, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+            x = int(0.05 * width + (i * step_px + 97 * k) % int(0.8 * width))
+            y = int(0.1 * height + k * 0.8 * height / len(heights))
+            h, w = small.shape[:2]
+            frame[y : y + h, x : x + w] = small
+            here.append((x + face[0] * s, y + face[1] * s, x + face[2] * s, y + face[3] * s))
+        video.append(frame)
+        boxes.append(here)
+    return video, boxes
