@@ -59,7 +59,7 @@ class Receiver:
     def make_app(self, extra_middlewares: Iterable[Any] = ()) -> web.Application:
         """The aiohttp application. ``extra_middlewares`` run inside ours (tests use it to inject faults)."""
         config = self.ctx.config
-        largest = max(config.max_body_bytes, config.max_media_bytes)
+        largest = max(config.max_body_bytes, config.max_media_bytes, config.max_clip_bytes)
         app = web.Application(
             client_max_size=largest,
             middlewares=[security_headers, self._observe, json_errors(largest), *extra_middlewares],

@@ -38,6 +38,7 @@ class ReceiverSection(Strict):
         "the bound on memory for inflated bodies.",
     )
     max_media_bytes: int = Field(4_000_000, gt=0, description="Largest JPEG accepted by PUT /v1/media.")
+    max_clip_bytes: int = Field(32_000_000, gt=0, description="Largest MP4 clip accepted by PUT /v1/media.")
     online_window_s: float = Field(300.0, gt=0, description="A pole seen within this many seconds counts as online.")
     events_page_max: int = Field(1000, ge=1, description="Most events one GET /v1/events page returns.")
     config_version: str = Field(

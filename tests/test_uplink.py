@@ -228,6 +228,18 @@ async def test_media_follows_its_event(outbox: Outbox, rx: RunningReceiver, faul
     assert await outbox.media(sha) is None, "released once delivered"
 
 
+async def test_a_clip_follows_its_event_as_video_mp4(outbox: Outbox, rx: RunningReceiver) -> None:
+    from tests.test_media_checks import real_clip
+
+    clip = real_clip()
+    sha = hashlib.sha256(clip).hexdigest()
+    await outbox.put(NewEvent("clip", {"seconds": 0.6}, Priority.MEDIA, media=(clip,)))
+    await run_until(uplink_for(outbox, rx), drained(outbox))
+    assert rx.receiver.media.path(sha, "video/mp4").read_bytes() == clip
+    (event,) = await rx.all_events()
+    assert event["media"] == [sha]
+
+
 async def test_bandwidth_cap_paces_uploads(outbox: Outbox, rx: RunningReceiver) -> None:
     # Random hex gzips to half its size: about 145 KB on the wire at 40 KB/s, of which 64 KB is the burst.
     await outbox.put_many([NewEvent("reading", {"noise": os.urandom(3000).hex()}) for i in range(40)])
