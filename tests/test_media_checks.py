@@ -44,7 +44,7 @@ async def test_what_does_not_decode_as_a_jpeg_is_refused(receiver: RunningReceiv
     async with aiohttp.ClientSession() as s, s.put(f"{receiver.url}/v1/media/{sha}", data=body, headers=headers) as r:
         assert r.status == 415, await r.text()
         assert "JPEG" in (await r.json())["error"]
-    assert not receiver.receiver.media.path(sha).exists()
+    assert not receiver.receiver.ctx.media.path(sha).exists()
 
 
 async def test_a_jpeg_is_stored_and_served_with_nosniff(receiver: RunningReceiver) -> None:
@@ -90,7 +90,7 @@ async def test_a_real_clip_is_stored_and_served_as_video_mp4(receiver: RunningRe
             assert r.headers["Content-Type"] == "video/mp4"
             assert r.headers["X-Content-Type-Options"] == "nosniff"
             assert await r.read() == clip
-    assert receiver.receiver.media.path(sha, "video/mp4").exists()
+    assert receiver.receiver.ctx.media.path(sha, "video/mp4").exists()
 
 
 @pytest.mark.parametrize("name", list(NOT_CLIPS))
@@ -101,7 +101,7 @@ async def test_what_does_not_decode_as_an_h264_clip_is_refused(receiver: Running
     async with aiohttp.ClientSession() as s, s.put(f"{receiver.url}/v1/media/{sha}", data=body, headers=headers) as r:
         assert r.status == 415, await r.text()
         assert "MP4" in (await r.json())["error"]
-    assert not receiver.receiver.media.path(sha, "video/mp4").exists()
+    assert not receiver.receiver.ctx.media.path(sha, "video/mp4").exists()
 
 
 async def test_a_jpeg_declared_as_a_clip_is_refused(receiver: RunningReceiver) -> None:

@@ -516,7 +516,7 @@ async def test_snapshots_and_clips_travel_through_the_broker(tmp_path: Path) -> 
             await outbox.put(NewEvent("presence", {"people": 1}, Priority.MEDIA, media=(jpeg,)))
             await outbox.put(NewEvent("clip", {"seconds": 0.6}, Priority.MEDIA, media=(clip,)))
             await drain(r.uplink(outbox), outbox)
-            media = r.rx.receiver.media
+            media = r.rx.receiver.ctx.media
             assert media.path(hashlib.sha256(jpeg).hexdigest()).read_bytes() == jpeg
             assert media.path(hashlib.sha256(clip).hexdigest(), "video/mp4").read_bytes() == clip
             handled = r.rx.receiver.ctx.metrics.mqtt_messages
