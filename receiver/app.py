@@ -26,6 +26,8 @@ from receiver.config import ReceiverSection
 from receiver.context import Context
 from receiver.events import Events
 from receiver.media import Media
+from receiver.mediastore.base import MediaStore
+from receiver.mediastore.local import LocalMediaStore
 from receiver.metrics import ReceiverMetrics
 from receiver.operations import Operations
 from receiver.poles import Poles
@@ -40,8 +42,14 @@ class Receiver:
     """The receiver's resources bound to one store, configuration and metrics registry."""
 
     def __init__(
-        self, config: ReceiverSection, policy: PolicyConfig, store: Store, metrics: ReceiverMetrics | None = None
+        self,
+        config: ReceiverSection,
+        policy: PolicyConfig,
+        store: Store,
+        metrics: ReceiverMetrics | None = None,
+        media: MediaStore | None = None,
     ) -> None:
+        """``media`` defaults to files under ``config.media_dir``."""
         self.ctx = Context(
             config,
             policy,
@@ -49,6 +57,7 @@ class Receiver:
             metrics or ReceiverMetrics(),
             Gunzip(config.max_concurrent_decompressions),
             TokenUse(),
+            media if media is not None else LocalMediaStore(config.media_dir),
         )
         self.batches = Batches(self.ctx)
         self.media = Media(self.ctx)
@@ -59,7 +68,7 @@ class Receiver:
     def make_app(self, extra_middlewares: Iterable[Any] = ()) -> web.Application:
         """The aiohttp application. ``extra_middlewares`` run inside ours (tests use it to inject faults)."""
         config = self.ctx.config
-        largest = max(config.max_body_bytes, config.max_media_bytes)
+        largest = max(config.max_body_bytes, config.max_media_bytes, config.max_clip_bytes)
         app = web.Application(
             client_max_size=largest,
             middlewares=[security_headers, self._observe, json_errors(largest), *extra_middlewares],

@@ -38,6 +38,7 @@ class ReceiverSection(Strict):
         "the bound on memory for inflated bodies.",
     )
     max_media_bytes: int = Field(4_000_000, gt=0, description="Largest JPEG accepted by PUT /v1/media.")
+    max_clip_bytes: int = Field(32_000_000, gt=0, description="Largest MP4 clip accepted by PUT /v1/media.")
     online_window_s: float = Field(300.0, gt=0, description="A pole seen within this many seconds counts as online.")
     events_page_max: int = Field(1000, ge=1, description="Most events one GET /v1/events page returns.")
     config_version: str = Field(
@@ -102,6 +103,42 @@ class MqttSection(Strict):
         return insecure_url_problem(self.url, secure=("mqtts",), plain=("mqtt",))
 
 
+class S3Section(Strict):
+    """S3-compatible object storage for media (``[media.s3]``)."""
+
+    bucket: str = Field(
+        "smartpole-media", min_length=3, max_length=63, description="The bucket; it must exist already."
+    )
+    endpoint_url: str | None = Field(
+        None, description="The S3 endpoint (MinIO, Ceph, another region); default: AWS's for the region."
+    )
+    region: str | None = Field(None, description="The region; default: botocore's (AWS_REGION, a profile).")
+    access_key_id: str | None = Field(
+        None, description="Access key id; default: botocore's chain (AWS_ACCESS_KEY_ID, a profile, a role)."
+    )
+    secret_access_key: SecretStr | None = Field(
+        None,
+        description="Its secret; SMARTPOLE_MEDIA_S3_SECRET_ACCESS_KEY overrides it, and when both this and the "
+        "id are unset botocore's chain (AWS_SECRET_ACCESS_KEY...) is used.",
+    )
+    prefix: str = Field("media/", max_length=200, description="Key prefix: objects are <prefix>ab/cd/<sha256>.jpg.")
+    serve: Literal["stream", "redirect"] = Field(
+        "stream",
+        description="How readers get a file: streamed through the receiver, or redirected (302) to a presigned URL.",
+    )
+    presign_s: int = Field(300, ge=10, le=86_400, description="Lifetime of a presigned URL (serve = 'redirect').")
+    timeout_s: float = Field(10.0, gt=0, le=120, description="Connect and read timeout of each S3 request.")
+
+
+class MediaSection(Strict):
+    """Where redacted JPEGs and clips are kept."""
+
+    store: Literal["local", "s3"] = Field(
+        "local", description="'local': files under receiver.media_dir (one host); 's3': object storage (any number)."
+    )
+    s3: S3Section = Field(default_factory=S3Section, description="Object storage settings for store = 's3'.")
+
+
 class ReceiverLogging(Strict):
     """Log output."""
 
@@ -117,4 +154,5 @@ class ReceiverConfig(Strict):
     receiver: ReceiverSection = Field(default_factory=ReceiverSection, description="Service and storage.")
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="What the receiver refuses to store.")
     mqtt: MqttSection = Field(default_factory=MqttSection, description="Batches from poles through an MQTT broker.")
+    media: MediaSection = Field(default_factory=MediaSection, description="Where media is kept: a directory or S3.")
     logging: ReceiverLogging = Field(default_factory=ReceiverLogging, description="Log level and format.")

@@ -1,13 +1,13 @@
-"""What every resource handler of the receiver shares: its settings, policy, store and metrics."""
+"""What every resource handler of the receiver shares: its settings, policy, stores and metrics."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from httpkit.body import Gunzip
 from receiver.auth import TokenUse
 from receiver.config import ReceiverSection
+from receiver.mediastore.base import MediaStore
 from receiver.metrics import ReceiverMetrics
 from receiver.policy import PolicyConfig
 from receiver.store.base import Store
@@ -21,7 +21,4 @@ class Context:
     metrics: ReceiverMetrics
     gunzip: Gunzip
     token_use: TokenUse
-
-    @property
-    def media_dir(self) -> Path:
-        return Path(self.config.media_dir)
+    media: MediaStore

@@ -42,6 +42,7 @@ from sync.protocol import (
     ProtocolError,
     broker_address,
     mac_matches,
+    media_type,
     message_mac,
     mqtt_reply,
     parse_pole_topic,
@@ -193,8 +194,11 @@ class MqttConsumer:
     async def _outcome(self, pole_id: str, kind: str, sha256: str | None, payload: bytes) -> tuple[int, dict[str, Any]]:
         if kind == "media":
             assert sha256 is not None
-            if len(payload) > self.config.max_message_bytes:
-                return 413, {"error": f"media larger than {self.config.max_message_bytes} bytes"}
+            receiver = self.ctx.config
+            kind = media_type(payload)
+            limit = receiver.max_clip_bytes if kind == "video/mp4" else receiver.max_media_bytes
+            if len(payload) > min(limit, self.config.max_message_bytes):
+                return 413, {"error": f"{kind} larger than {min(limit, self.config.max_message_bytes)} bytes"}
             return await self.media.accept(pole_id, sha256, payload)
         limit = self.config.max_message_bytes
         try:

@@ -12,6 +12,7 @@ from aiohttp import web
 from receiver.app import Receiver
 from receiver.auth import new_token, token_hash
 from receiver.config import ReceiverConfig
+from receiver.mediastore.factory import open_media_store
 from receiver.mqtt import MqttConsumer
 from receiver.store.base import TOKEN_ID_LENGTH, TokenRecord
 from receiver.store.factory import open_store
@@ -23,14 +24,15 @@ async def serve(config: ReceiverConfig, stop: asyncio.Event, on_listening: Calla
     """Serve until ``stop`` is set; ``on_listening`` gets the bound port (useful with port 0)."""
     section = config.receiver
     store = await open_store(section.database_url.get_secret_value(), section.pool_size)
+    media = open_media_store(config.media, section.media_dir)
     try:
-        receiver = Receiver(section, config.policy, store)
+        receiver = Receiver(section, config.policy, store, media=media)
         runner = web.AppRunner(receiver.make_app(), access_log=None, shutdown_timeout=5)
         await runner.setup()
         site = web.TCPSite(runner, section.bind, section.port)
         await site.start()
         port = runner.addresses[0][1]
-        log.info("receiver_listening", bind=section.bind, port=port, backend=store.backend)
+        log.info("receiver_listening", bind=section.bind, port=port, backend=store.backend, media=media.name)
         consumer = (
             asyncio.create_task(MqttConsumer(receiver.ctx, receiver.media, config.mqtt).run(), name="mqtt-consumer")
             if config.mqtt.enabled
@@ -47,6 +49,7 @@ async def serve(config: ReceiverConfig, stop: asyncio.Event, on_listening: Calla
             await runner.cleanup()
             await receiver.ctx.token_use.settled()
     finally:
+        await media.close()
         await store.close()
         log.info("receiver_stopped")
 

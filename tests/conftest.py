@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from receiver.app import Receiver
 from receiver.auth import new_token, token_hash
 from receiver.config import ReceiverSection
+from receiver.mediastore.base import MediaStore
 from receiver.policy import PolicyConfig
 from receiver.store.base import Store
 from receiver.store.factory import open_store
@@ -120,11 +121,13 @@ async def start_receiver(
     port: int = 0,
     middlewares: Iterable[Any] = (),
     policy: PolicyConfig | None = None,
+    media: MediaStore | None = None,
     **section: Any,
 ) -> RunningReceiver:
+    """``media`` defaults to files under ``media_dir``."""
     config = ReceiverSection(port=port, database_url=SecretStr(database_url), media_dir=media_dir, **section)
     store = await open_store(database_url, 4)
-    receiver = Receiver(config, policy or PolicyConfig(), store)
+    receiver = Receiver(config, policy or PolicyConfig(), store, media=media)
     runner = web.AppRunner(receiver.make_app(middlewares), access_log=None, shutdown_timeout=1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
@@ -135,6 +138,7 @@ async def start_receiver(
 
 async def stop_receiver(running: RunningReceiver) -> None:
     await running.runner.cleanup()
+    await running.receiver.ctx.media.close()
     await running.store.close()
 
 

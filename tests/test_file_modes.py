@@ -61,7 +61,7 @@ async def test_the_receivers_files_are_private(tmp_path: Path, open_umask: None)
             assert r.status == 201
         assert mode(db.parent) == 0o700 and mode(db) == 0o600
         assert mode(media) == 0o700
-        stored = rx.receiver.media.path(sha)
+        stored = rx.receiver.ctx.media.path(sha)
         assert mode(stored.parent) == 0o700 and mode(stored) == 0o600
     finally:
         await stop_receiver(rx)

@@ -44,7 +44,7 @@ async def test_what_does_not_decode_as_a_jpeg_is_refused(receiver: RunningReceiv
     async with aiohttp.ClientSession() as s, s.put(f"{receiver.url}/v1/media/{sha}", data=body, headers=headers) as r:
         assert r.status == 415, await r.text()
         assert "JPEG" in (await r.json())["error"]
-    assert not receiver.receiver.media.path(sha).exists()
+    assert not receiver.receiver.ctx.media.path(sha).exists()
 
 
 async def test_a_jpeg_is_stored_and_served_with_nosniff(receiver: RunningReceiver) -> None:
@@ -61,3 +61,52 @@ async def test_a_jpeg_is_stored_and_served_with_nosniff(receiver: RunningReceive
             assert r.headers["X-Content-Type-Options"] == "nosniff"
         async with s.get(f"{receiver.url}/v1/events", headers={"Authorization": f"Bearer {reader}"}) as r:
             assert r.headers["X-Content-Type-Options"] == "nosniff", "every answer says it"
+
+
+def real_clip(frames: int = 6) -> bytes:
+    """A small H.264 MP4 made the way the pole makes its clips (gateway.vision.mp4)."""
+    from gateway.vision.mp4 import encode_mp4
+
+    pixels = np.random.default_rng(7).integers(0, 255, (48 * 3 // 2, 64), dtype=np.uint8)
+    return encode_mp4([pixels] * frames, [i / 10 for i in range(frames)], crf=30, preset="ultrafast")
+
+
+NOT_CLIPS = {
+    "ftyp and junk": b"\x00\x00\x00\x18ftypisom" + b"<script>alert(1)</script>" * 40,
+    "cut in half": real_clip()[:300],
+}
+
+
+async def test_a_real_clip_is_stored_and_served_as_video_mp4(receiver: RunningReceiver) -> None:
+    clip = real_clip()
+    sha = hashlib.sha256(clip).hexdigest()
+    put = {"Authorization": f"Bearer {receiver.tokens['pole-1']}", "Content-Type": "video/mp4"}
+    reader = await receiver.add_reader()
+    async with aiohttp.ClientSession() as s:
+        async with s.put(f"{receiver.url}/v1/media/{sha}", data=clip, headers=put) as r:
+            assert r.status == 201, await r.text()
+        async with s.get(f"{receiver.url}/v1/media/{sha}", headers={"Authorization": f"Bearer {reader}"}) as r:
+            assert r.status == 200
+            assert r.headers["Content-Type"] == "video/mp4"
+            assert r.headers["X-Content-Type-Options"] == "nosniff"
+            assert await r.read() == clip
+    assert receiver.receiver.ctx.media.path(sha, "video/mp4").exists()
+
+
+@pytest.mark.parametrize("name", list(NOT_CLIPS))
+async def test_what_does_not_decode_as_an_h264_clip_is_refused(receiver: RunningReceiver, name: str) -> None:
+    body = NOT_CLIPS[name]
+    sha = hashlib.sha256(body).hexdigest()
+    headers = {"Authorization": f"Bearer {receiver.tokens['pole-1']}", "Content-Type": "video/mp4"}
+    async with aiohttp.ClientSession() as s, s.put(f"{receiver.url}/v1/media/{sha}", data=body, headers=headers) as r:
+        assert r.status == 415, await r.text()
+        assert "MP4" in (await r.json())["error"]
+    assert not receiver.receiver.ctx.media.path(sha, "video/mp4").exists()
+
+
+async def test_a_jpeg_declared_as_a_clip_is_refused(receiver: RunningReceiver) -> None:
+    body = real_jpeg(9)
+    sha = hashlib.sha256(body).hexdigest()
+    headers = {"Authorization": f"Bearer {receiver.tokens['pole-1']}", "Content-Type": "video/mp4"}
+    async with aiohttp.ClientSession() as s, s.put(f"{receiver.url}/v1/media/{sha}", data=body, headers=headers) as r:
+        assert r.status == 415, await r.text()

@@ -4,6 +4,7 @@ restarts, receiver crashes and outages, and only under the pole's own id."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import subprocess
@@ -499,5 +500,26 @@ async def test_an_unreadable_message_gets_a_reply_naming_why_and_the_consumer_ca
             sent = await fill(outbox, 3)
             await drain(r.uplink(outbox), outbox)
             assert sorted(await stored_ids(r)) == sorted(sent), "the consumer still works"
+        finally:
+            await outbox.close()
+
+
+async def test_snapshots_and_clips_travel_through_the_broker(tmp_path: Path) -> None:
+    from tests.test_media_checks import real_clip, real_jpeg
+
+    async with rig(f"sqlite:///{tmp_path / 'rx.db'}", tmp_path) as r:
+        r.start_consumer()
+        await r.connected()
+        outbox = await Outbox.open(tmp_path / "outbox.db")
+        try:
+            jpeg, clip = real_jpeg(5), real_clip()
+            await outbox.put(NewEvent("presence", {"people": 1}, Priority.MEDIA, media=(jpeg,)))
+            await outbox.put(NewEvent("clip", {"seconds": 0.6}, Priority.MEDIA, media=(clip,)))
+            await drain(r.uplink(outbox), outbox)
+            media = r.rx.receiver.ctx.media
+            assert media.path(hashlib.sha256(jpeg).hexdigest()).read_bytes() == jpeg
+            assert media.path(hashlib.sha256(clip).hexdigest(), "video/mp4").read_bytes() == clip
+            handled = r.rx.receiver.ctx.metrics.mqtt_messages
+            assert handled.labels("media", "201")._value.get() == 2
         finally:
             await outbox.close()

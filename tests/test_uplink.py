@@ -222,10 +222,22 @@ async def test_media_follows_its_event(outbox: Outbox, rx: RunningReceiver, faul
     await outbox.put(NewEvent("presence", {"people": 1}, Priority.MEDIA, media=(jpeg,)))
     await outbox.put(NewEvent("presence", {"people": 2}, Priority.MEDIA, media=(jpeg,)))
     await run_until(uplink_for(outbox, rx), drained(outbox))
-    stored = rx.receiver.media.path(sha)
+    stored = rx.receiver.ctx.media.path(sha)
     assert stored.read_bytes() == jpeg
     assert faults.media_requests == 1, "a JPEG the receiver has is not sent again"
     assert await outbox.media(sha) is None, "released once delivered"
+
+
+async def test_a_clip_follows_its_event_as_video_mp4(outbox: Outbox, rx: RunningReceiver) -> None:
+    from tests.test_media_checks import real_clip
+
+    clip = real_clip()
+    sha = hashlib.sha256(clip).hexdigest()
+    await outbox.put(NewEvent("clip", {"seconds": 0.6}, Priority.MEDIA, media=(clip,)))
+    await run_until(uplink_for(outbox, rx), drained(outbox))
+    assert rx.receiver.ctx.media.path(sha, "video/mp4").read_bytes() == clip
+    (event,) = await rx.all_events()
+    assert event["media"] == [sha]
 
 
 async def test_bandwidth_cap_paces_uploads(outbox: Outbox, rx: RunningReceiver) -> None:
