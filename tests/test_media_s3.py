@@ -158,9 +158,9 @@ async def test_an_unreachable_endpoint_answers_503_and_the_pole_keeps_its_media(
         jpeg = real_jpeg(14)
         sha = hashlib.sha256(jpeg).hexdigest()
         await outbox.put(NewEvent("presence", {"people": 3}, Priority.MEDIA, media=(jpeg,)))
-        uplink = uplink_for(outbox, rx)
+        uplink = uplink_for(outbox, rx, timeout_s=15)
         task = asyncio.create_task(uplink.run())
-        deadline = asyncio.get_running_loop().time() + 20
+        deadline = asyncio.get_running_loop().time() + 30
         while uplink.state.state != "backoff":
             assert asyncio.get_running_loop().time() < deadline, uplink.state
             await asyncio.sleep(0.05)

@@ -59,7 +59,7 @@ class S3MediaStore:
             "config": AioConfig(
                 connect_timeout=timeout_s,
                 read_timeout=timeout_s,
-                retries={"max_attempts": 2, "mode": "standard"},
+                retries={"total_max_attempts": 2, "mode": "standard"},
                 signature_version="s3v4",
             ),
         }
