@@ -9,7 +9,7 @@ from httpkit.body import Gunzip
 from receiver.auth import TokenUse
 from receiver.config import ReceiverSection
 from receiver.metrics import ReceiverMetrics
-from receiver.policy import PolicyConfig
+from receiver.policy import PolicyConfig, ReceiverPolicy
 from receiver.store.base import Store
 
 
@@ -21,6 +21,7 @@ class Context:
     metrics: ReceiverMetrics
     gunzip: Gunzip
     token_use: TokenUse
+    rules: ReceiverPolicy  # ``policy``, ready to apply
 
     @property
     def media_dir(self) -> Path:
