@@ -210,7 +210,7 @@ def apply_overlay(doc: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[st
     """A pole configuration document (as read from its TOML file) with ``overlay`` applied.
     A camera the overlay names that the document lacks is an :class:`OverlayError`."""
     rest = {k: v for k, v in overlay.items() if k != "cameras"}
-    out = merge(doc, rest)
+    out = merge(copy.deepcopy(dict(doc)), rest)
     cameras = overlay.get("cameras") or {}
     if cameras:
         listed = [dict(c) if isinstance(c, Mapping) else c for c in out.get("cameras", [])]
