@@ -74,18 +74,19 @@ class ReceiverPolicy:
             return Verdict(refusal, "type", event)
         if event.ts > now + config.max_future_s:
             return Verdict(f"ts: {event.ts - now:.0f} s in the future; check the pole's clock", "future", event)
-        if config.forbid_plate_text and _plain_plate_text(event):
+        raw = orjson.dumps(event.data)  # once, for every rule's quick check
+        if config.forbid_plate_text and _plain_plate_text(event, raw):
             return Verdict(
                 "data.plate_text: plain-text plates are forbidden by this receiver's policy", "plate_text", event
             )
-        decision = self.engine.redact(event.type, event.data)
+        decision = self.engine.redact(event.type, event.data, raw)
         if decision.data is event.data:
             return Verdict(None, None, event)
         return Verdict(None, None, event.model_copy(update={"data": decision.data}), decision.redacted)
 
 
-def _plain_plate_text(event: WireEvent) -> bool:
-    """True if a ``plate_text`` field anywhere in the data holds something other than a hash."""
-    if not event.data or (_PLATE_TEXT.needle is not None and _PLATE_TEXT.needle not in orjson.dumps(event.data)):
+def _plain_plate_text(event: WireEvent, raw: bytes) -> bool:
+    """True if a ``plate_text`` field anywhere in the data (``raw`` as JSON) holds something other than a hash."""
+    if _PLATE_TEXT.needle is not None and _PLATE_TEXT.needle not in raw:
         return False
     return any(not is_hashed(value) for _, value in find(event.data, _PLATE_TEXT.steps))

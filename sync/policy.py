@@ -33,7 +33,7 @@ import hmac
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -133,10 +133,10 @@ class EventPolicy(BaseModel):
         return any(rule.action == "hash" for rule in self.redact)
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """What a policy makes of one event: ``refusal`` says why it may not pass (None: it may), and
-    ``data`` is what of its data passes (the very object given when nothing changed)."""
+    ``data`` is what of its data passes (the very object given when nothing changed). A NamedTuple:
+    one is made per event at the receiver's ingest."""
 
     refusal: str | None
     data: Mapping[str, Any]
@@ -220,6 +220,7 @@ class PolicyEngine:
         self._allowed = frozenset(policy.allowed_types)
         self._denied = frozenset(policy.denied_types)
         self._rules = [compile_rule(r.path, r.action, frozenset(r.types)) for r in policy.redact]
+        self._for_type: dict[str, list[_Rule]] = {}  # the rules that apply to a type
 
     def refusal(self, type_: str) -> str | None:
         if type_ in self._denied:
@@ -234,22 +235,26 @@ class PolicyEngine:
             return Decision(refusal, data)
         return self.redact(type_, data)
 
-    def redact(self, type_: str, data: Mapping[str, Any]) -> Decision:
-        rules = [r for r in self._rules if r.applies_to(type_)]
+    def redact(self, type_: str, data: Mapping[str, Any], raw: bytes | None = None) -> Decision:
+        """``data`` with the rules for ``type_`` applied; ``raw``, if the caller has it, is ``data`` as JSON."""
+        rules = self._for_type.get(type_)
+        if rules is None:
+            rules = [r for r in self._rules if r.applies_to(type_)]
+            if len(self._for_type) < 4096:
+                self._for_type[type_] = rules
         if not rules or not data:
             return Decision(None, data)
-        raw: bytes | None = None
-        decided: dict[Where, Action] = {}
+        decided: dict[Where, Action] | None = None
         for rule in rules:
             if rule.needle is not None:
                 raw = orjson.dumps(data) if raw is None else raw
                 if rule.needle not in raw:  # the common case: one C call, no walk
                     continue
             for where, value in find(data, rule.steps):
-                if where in decided:
-                    continue
-                decided[where] = "keep" if rule.action == "hash" and is_hashed(value) else rule.action
-        changes = {w: a for w, a in decided.items() if a != "keep"}
+                decided = {} if decided is None else decided
+                if where not in decided:
+                    decided[where] = "keep" if rule.action == "hash" and is_hashed(value) else rule.action
+        changes = {w: a for w, a in decided.items() if a != "keep"} if decided else None
         if not changes:
             return Decision(None, data)
         out = copy.deepcopy(dict(data))

@@ -195,8 +195,32 @@ def target_version(layers: list[Overlay]) -> str:
     return overlay_version(effective_overlay(layer.overlay for layer in layers))
 
 
-def layer_order(layer: Overlay) -> tuple[int, str]:
-    return (0 if layer.scope == "tag" else 1, layer.name)
+def layers_by_pole(
+    pole_ids: list[str], tags: list[tuple[str, str]], overlays: list[Overlay]
+) -> dict[str, list[Overlay]]:
+    """Each pole's layers in merge order, from (pole id, tag) rows and the overlays they reach."""
+    found = {(o.scope, o.name): o for o in overlays}
+    tags_of: dict[str, list[str]] = {}
+    for pole, tag in tags:
+        tags_of.setdefault(pole, []).append(tag)
+    out = {}
+    for pole in pole_ids:
+        layers = [found[("tag", t)] for t in sorted(tags_of.get(pole, [])) if ("tag", t) in found]
+        own = found.get(("pole", pole))
+        out[pole] = layers + ([own] if own is not None else [])
+    return out
+
+
+def target_versions(layers: dict[str, list[Overlay]]) -> dict[str, str]:
+    """The target version of each pole; poles with the same layers share one computation."""
+    done: dict[tuple[tuple[str, str], ...], str] = {}
+    out = {}
+    for pole, mine in layers.items():
+        key = tuple((o.scope, o.name) for o in mine)
+        if key not in done:
+            done[key] = target_version(mine)
+        out[pole] = done[key]
+    return out
 
 
 @dataclass(frozen=True, slots=True)

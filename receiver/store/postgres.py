@@ -34,11 +34,11 @@ from receiver.store.base import (
     TokenInfo,
     TokenRecord,
     event_row,
-    layer_order,
+    layers_by_pole,
     pole_state,
     public_event,
     refused_by_database,
-    target_version,
+    target_versions,
     token_id_of,
 )
 from sync.protocol import Rejection, WireEvent
@@ -521,18 +521,20 @@ class PostgresStore:
         await self._retarget(conn, [pole_id])
 
     @staticmethod
-    async def _layers(conn: Any, pole_id: str) -> list[Overlay]:
+    async def _layers_of(conn: Any, pole_ids: list[str]) -> dict[str, list[Overlay]]:
+        """The layers of each pole's effective overlay, in merge order: two queries for any number of poles."""
+        tags = await conn.fetch("SELECT pole_id, tag FROM pole_tags WHERE pole_id = any($1::text[])", pole_ids)
         rows = await conn.fetch(
             "SELECT scope, name, overlay, version, updated_at, updated_by FROM config_overlays"
-            " WHERE (scope = 'pole' AND name = $1)"
-            " OR (scope = 'tag' AND name IN (SELECT tag FROM pole_tags WHERE pole_id = $1))",
-            pole_id,
+            " WHERE (scope = 'pole' AND name = any($1::text[]))"
+            " OR (scope = 'tag' AND name IN (SELECT tag FROM pole_tags WHERE pole_id = any($1::text[])))",
+            pole_ids,
         )
-        return sorted((Overlay(*r) for r in rows), key=layer_order)
+        return layers_by_pole(pole_ids, [(r[0], r[1]) for r in tags], [Overlay(*r) for r in rows])
 
     async def _retarget(self, conn: asyncpg.Connection, pole_ids: list[str]) -> dict[str, str]:
         """Recompute the target version of ``pole_ids`` from their layers, in the caller's transaction."""
-        targets = {pole: target_version(await self._layers(conn, pole)) for pole in pole_ids}
+        targets = target_versions(await self._layers_of(conn, pole_ids))
         if targets:
             await conn.executemany("UPDATE poles SET config_target = $2 WHERE pole_id = $1", list(targets.items()))
         return targets
@@ -576,7 +578,7 @@ class PostgresStore:
 
     async def pole_overlays(self, pole_id: str) -> list[Overlay]:
         with _available():
-            return await self._layers(self._pool, pole_id)
+            return (await self._layers_of(self._pool, [pole_id]))[pole_id]
 
     async def fleet_summary(self, online_since: float) -> FleetSummary:
         with _available():

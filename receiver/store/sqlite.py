@@ -32,11 +32,11 @@ from receiver.store.base import (
     TokenInfo,
     TokenRecord,
     event_row,
-    layer_order,
+    layers_by_pole,
     pole_state,
     public_event,
     refused_by_database,
-    target_version,
+    target_versions,
     token_id_of,
 )
 from sync.files import private_file
@@ -529,18 +529,26 @@ class SqliteStore:
         )
         await self._retarget(db, [pole_id])
 
-    async def _layers(self, db: aiosqlite.Connection, pole_id: str) -> list[Overlay]:
-        rows = await db.execute_fetchall(
-            "SELECT scope, name, overlay, version, updated_at, updated_by FROM config_overlays"
-            " WHERE (scope = 'pole' AND name = ?)"
-            " OR (scope = 'tag' AND name IN (SELECT tag FROM pole_tags WHERE pole_id = ?))",
-            (pole_id, pole_id),
-        )
-        return sorted((Overlay(r[0], r[1], orjson.loads(r[2]), r[3], r[4], r[5]) for r in rows), key=layer_order)
+    async def _layers_of(self, db: aiosqlite.Connection, pole_ids: list[str]) -> dict[str, list[Overlay]]:
+        """The layers of each pole's effective overlay, in merge order: two queries per 500 poles."""
+        out: dict[str, list[Overlay]] = {}
+        for i in range(0, len(pole_ids), _CHUNK):
+            chunk = pole_ids[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            tags = await db.execute_fetchall(f"SELECT pole_id, tag FROM pole_tags WHERE pole_id IN ({marks})", chunk)
+            rows = await db.execute_fetchall(
+                "SELECT scope, name, overlay, version, updated_at, updated_by FROM config_overlays"
+                f" WHERE (scope = 'pole' AND name IN ({marks}))"
+                f" OR (scope = 'tag' AND name IN (SELECT tag FROM pole_tags WHERE pole_id IN ({marks})))",
+                [*chunk, *chunk],
+            )
+            overlays = [Overlay(r[0], r[1], orjson.loads(r[2]), r[3], r[4], r[5]) for r in rows]
+            out |= layers_by_pole(chunk, [(r[0], r[1]) for r in tags], overlays)
+        return out
 
     async def _retarget(self, db: aiosqlite.Connection, pole_ids: list[str]) -> dict[str, str]:
         """Recompute the target version of ``pole_ids`` from their layers, in the caller's transaction."""
-        targets = {pole: target_version(await self._layers(db, pole)) for pole in pole_ids}
+        targets = target_versions(await self._layers_of(db, pole_ids))
         await db.executemany(
             "UPDATE poles SET config_target = ? WHERE pole_id = ?", [(v, p) for p, v in targets.items()]
         )
@@ -581,7 +589,7 @@ class SqliteStore:
 
     async def pole_overlays(self, pole_id: str) -> list[Overlay]:
         with _available():
-            return await self._layers(self._reader, pole_id)
+            return (await self._layers_of(self._reader, [pole_id]))[pole_id]
 
     async def fleet_summary(self, online_since: float) -> FleetSummary:
         with _available():
