@@ -11,26 +11,28 @@ bandwidth limits, and the sensor settings of ``[air_quality]``, ``[traffic]`` an
 URL and credentials, the local server, the outbox, models, redaction and clips, serial
 ports. Such keys are refused by name, and secrets never travel.
 
-Merging: tables merge key by key, anything else (a value, a list such as ``zones`` or
-``policy.redact``) is replaced whole. A pole's effective overlay is the overlays of its
-tags, in tag-name order, then its own on top; the pole applies it over its file.
+Merging and versions are plain data, in :mod:`sync.overlays` (re-exported here): tables
+merge key by key, anything else (a value, a list such as ``zones`` or ``policy.redact``)
+is replaced whole; a pole's effective overlay is the overlays of its tags, in tag-name
+order, then its own on top, and the pole applies it over its file. Versions are content
+hashes of the effective overlay (``"0"`` when it is empty), so the pole and the receiver
+compute the same version from the same overlay, a tag's change moves the version of
+every pole carrying it, and a pole can check that what it fetched is what the version
+names.
 
-Versions are content hashes of the effective overlay (``"0"`` when it is empty), so
-the pole and the receiver compute the same version from the same overlay, a tag's
-change moves the version of every pole carrying it, and a pole can check that what
-it fetched is what the version names.
+Importing this module loads the pole's configuration models, and with them OpenCV,
+numpy and onnxruntime (their modules define some of the models): the receiver imports
+it only when it first validates an overlay.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from gateway.config import PoleConfig
@@ -51,19 +53,24 @@ from gateway.vision.config import (
 )
 from gateway.vision.privacy import PlatePolicy
 from hal.camera.base import CameraConfig
+from sync.overlays import EMPTY_VERSION, OverlayError, effective_overlay, merge, overlay_version
 from sync.policy import EventPolicy
 from sync.uplink.base import UplinkConfig
 
-EMPTY_VERSION = "0"
 FILE_NAME = "remote-config.json"
 
-
-class OverlayError(ValueError):
-    """An overlay that cannot be used; ``problems`` are ``dotted.key: why`` lines."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(problems))
+__all__ = [
+    "EMPTY_VERSION",
+    "FILE_NAME",
+    "OverlayError",
+    "RemoteOverlay",
+    "apply_overlay",
+    "effective_config",
+    "effective_overlay",
+    "merge",
+    "overlay_version",
+    "validate_overlay",
+]
 
 
 def _subset(name: str, model: type[BaseModel], fields: list[str]) -> type[BaseModel]:
@@ -178,32 +185,6 @@ def validate_overlay(doc: Any) -> dict[str, Any]:
                 problems.append(describe_error(err))
         raise OverlayError(problems) from None
     return cast(dict[str, Any], overlay.model_dump(mode="json", exclude_unset=True))
-
-
-def merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
-    """``overlay`` over ``base``: tables merged key by key, anything else replaced."""
-    out = dict(base)
-    for key, value in overlay.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def effective_overlay(layers: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Layers merged in order, each over the ones before (tags by name, then the pole's own)."""
-    out: dict[str, Any] = {}
-    for layer in layers:
-        out = merge(out, layer)
-    return out
-
-
-def overlay_version(overlay: Mapping[str, Any]) -> str:
-    """The version of an effective overlay: ``"0"`` for none, else a hash of its content."""
-    if not overlay:
-        return EMPTY_VERSION
-    return hashlib.sha256(orjson.dumps(overlay, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
 def apply_overlay(doc: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,17 +13,18 @@ it runs in its status block.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 from aiohttp import web
 
-from gateway.remote_config import OverlayError, effective_overlay, overlay_version, validate_overlay
 from httpkit.errors import json_error, json_response
 from receiver.auth import ADMINS, READERS, authenticate
 from receiver.context import Context
 from receiver.documents import BadRequest, pole_id_of, read_document, tag_of
 from receiver.store.base import Overlay, Scope, TokenInfo
+from sync.overlays import OverlayError, effective_overlay, overlay_version
 
 
 def layer_view(layer: Overlay) -> dict[str, Any]:
@@ -99,7 +100,7 @@ class RemoteConfig:
             return auth
         try:
             name = pole_id_of(request) if scope == "pole" else tag_of(request)
-            overlay = None if remove else validate_overlay(await read_document(request, toml=True))
+            overlay = None if remove else await asyncio.to_thread(validate, await read_document(request, toml=True))
         except BadRequest as exc:
             return json_error(exc.status, str(exc))
         except OverlayError as exc:
@@ -113,6 +114,15 @@ class RemoteConfig:
         else:
             body["poles"] = targets
         return json_response(body)
+
+
+def validate(doc: Any) -> dict[str, Any]:
+    """The overlay ``doc`` checked against the pole's own models (:class:`OverlayError` naming each bad
+    key). Called in a thread: the first call imports those models, and with them OpenCV and
+    onnxruntime, which a receiver that is never sent an overlay does without."""
+    from gateway.remote_config import validate_overlay
+
+    return validate_overlay(doc)
 
 
 def _who(auth: TokenInfo) -> str:

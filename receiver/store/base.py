@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from gateway.remote_config import EMPTY_VERSION, effective_overlay, overlay_version
+from sync.overlays import EMPTY_VERSION, effective_overlay, overlay_version
 from sync.protocol import Rejection, WireEvent
 
 # Schema migrations are numbered; each backend lists its own statements per version.

@@ -15,7 +15,6 @@ from typing import Any
 import asyncpg
 import orjson
 
-from gateway.remote_config import overlay_version
 from receiver.store.base import (
     POLE_COLUMNS,
     EventPage,
@@ -41,6 +40,7 @@ from receiver.store.base import (
     target_versions,
     token_id_of,
 )
+from sync.overlays import overlay_version
 from sync.protocol import Rejection, WireEvent
 
 # Errors in the values of one event (class 22, "data exception": NUL in text, bigint overflow...,

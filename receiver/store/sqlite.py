@@ -13,7 +13,6 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from gateway.remote_config import overlay_version
 from receiver.store.base import (
     POLE_COLUMNS,
     EventPage,
@@ -40,6 +39,7 @@ from receiver.store.base import (
     token_id_of,
 )
 from sync.files import private_file
+from sync.overlays import overlay_version
 from sync.protocol import Rejection, WireEvent
 
 # A value of one event that SQLite (or its Python binding) refuses: an integer beyond 64 bits, text
