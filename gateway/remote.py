@@ -169,6 +169,7 @@ class RemoteConfigFetcher:
         self.target: str | None = None
         self.error: str | None = loaded.error
         self.failed: str | None = None  # a version that did not validate here: not fetched again
+        self.pending: str | None = None  # a version persisted and handed over, the restart under way
         self._wake = asyncio.Event()
 
     @property
@@ -178,7 +179,7 @@ class RemoteConfigFetcher:
     def heard(self, target: str) -> None:
         """A receiver reply named ``target`` as this pole's config version."""
         self.target = target
-        if target not in (self.loaded.version, self.failed):
+        if target not in (self.loaded.version, self.failed, self.pending):
             self._wake.set()
 
     async def run(self) -> None:
@@ -187,7 +188,7 @@ class RemoteConfigFetcher:
             await self._wake.wait()
             self._wake.clear()
             target = self.target
-            if target is None or target in (self.loaded.version, self.failed):
+            if target is None or target in (self.loaded.version, self.failed, self.pending):
                 continue
             try:
                 await self.update(target)
@@ -226,6 +227,7 @@ class RemoteConfigFetcher:
         await asyncio.to_thread(write_overlay, path, overlay, version)
         log.info("remote_config_applying", version=version, previous=self.loaded.version, file=str(path))
         self.error = None
+        self.pending = version
         self.on_ready(LoadedConfig(config, self.loaded.base, self.loaded.source, overlay, version))
 
     async def fetch(self) -> tuple[str, Any]:

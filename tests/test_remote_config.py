@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from pydantic import ValidationError
 
-from gateway.remote import load_effective, read_overlay, write_overlay
+from gateway.remote import FetchError, LoadedConfig, RemoteConfigFetcher, load_effective, read_overlay, write_overlay
 from gateway.remote_config import (
     EMPTY_VERSION,
     OverlayError,
@@ -21,6 +23,7 @@ from gateway.remote_config import (
     overlay_version,
     validate_overlay,
 )
+from sync.uplink.base import UplinkConfig
 
 POLE_TOML = """
 [pole]
@@ -139,3 +142,57 @@ def test_check_config_prints_the_effective_configuration_with_secrets_masked(
     overlay.write_text('[cameras.cam9]\nfps = 3\n[uplink]\nurl = "https://elsewhere"\n')
     result = check("--overlay", str(overlay))
     assert result.returncode == 2 and "uplink.url: may not be changed remotely" in result.stderr
+
+
+def test_the_fetch_url_follows_the_uplink_and_its_tls_rule() -> None:
+    assert UplinkConfig(url="https://rx.city").remote_config_url() == "https://rx.city"
+    mqtt = {"kind": "mqtt", "url": "mqtts://broker.city"}
+    assert UplinkConfig.model_validate(mqtt).remote_config_url() is None
+    media = {"media": "http", "media_url": "https://rx.city"}
+    assert UplinkConfig.model_validate({**mqtt, "mqtt": media}).remote_config_url() == "https://rx.city"
+    chosen = UplinkConfig.model_validate({**mqtt, "config_url": "https://cfg.city"})
+    assert chosen.remote_config_url() == "https://cfg.city"
+    with pytest.raises(ValidationError, match="without TLS"):
+        UplinkConfig.model_validate({**mqtt, "config_url": "http://cfg.city"})
+
+
+async def test_the_fetcher_refuses_what_is_not_its_version_and_reports_fetch_errors(tmp_path: Path) -> None:
+    """The pole side without a receiver: a server answering a tampered overlay, then an error."""
+    overlay = {"uplink": {"max_batch_events": 3}}
+    answers: list[tuple[int, dict[str, Any]]] = [
+        (200, {"version": overlay_version(overlay), "overlay": {"uplink": {"max_batch_events": 4}}}),
+        (503, {"error": "database unavailable, retry later"}),
+        (200, {"version": overlay_version(overlay), "overlay": overlay}),
+    ]
+
+    async def config(request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == "Bearer spt_secret-in-the-file"
+        status, body = answers.pop(0)
+        return web.json_response(body, status=status)
+
+    app = web.Application()
+    app.router.add_get("/v1/poles/pole-7/config", config)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        path = pole_file(tmp_path)
+        path.write_text(path.read_text().replace("[uplink]", f'[uplink]\nurl = "http://127.0.0.1:{port}"'))
+        ready: list[LoadedConfig] = []
+        fetcher = RemoteConfigFetcher(load_effective(path), ready.append)
+        target = overlay_version(overlay)
+        await fetcher.update(target)
+        assert fetcher.failed == target and "is not version" in (fetcher.error or "") and not ready
+        fetcher.failed = None
+        with pytest.raises(FetchError, match="503: database unavailable"):
+            await fetcher.update(target)
+        await fetcher.update(target)
+        (loaded,) = ready
+        assert loaded.version == target and loaded.config.uplink.max_batch_events == 3 and fetcher.error is None
+        assert read_overlay(loaded.overlay_path) == (overlay, target)
+        fetcher.heard(target)  # the restart is under way: nothing more to fetch
+        assert not fetcher._wake.is_set()  # noqa: SLF001
+    finally:
+        await runner.cleanup()
