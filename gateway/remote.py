@@ -179,6 +179,8 @@ class RemoteConfigFetcher:
     def heard(self, target: str) -> None:
         """A receiver reply named ``target`` as this pole's config version."""
         self.target = target
+        if target == self.loaded.version:
+            self.error = None  # whatever failed before, what runs is what the receiver wants
         if target not in (self.loaded.version, self.failed, self.pending):
             self._wake.set()
 

@@ -185,6 +185,8 @@ async def test_the_fetcher_refuses_what_is_not_its_version_and_reports_fetch_err
         target = overlay_version(overlay)
         await fetcher.update(target)
         assert fetcher.failed == target and "is not version" in (fetcher.error or "") and not ready
+        fetcher.heard(EMPTY_VERSION)  # the admin went back to what runs: the error no longer holds
+        assert fetcher.error is None
         fetcher.failed = None
         with pytest.raises(FetchError, match="503: database unavailable"):
             await fetcher.update(target)
