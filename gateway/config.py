@@ -24,6 +24,7 @@ from hal.camera.base import CameraConfig
 from hal.sensors.config import SensorList
 from sync.events import Location
 from sync.outbox import OutboxConfig
+from sync.policy import EventPolicy
 from sync.uplink.base import UplinkConfig
 
 POLE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -92,6 +93,11 @@ class PoleConfig(Strict):
     cameras: list[CameraConfig] = Field(default_factory=list, description="Cameras, one [[cameras]] table each.")
     vision: VisionConfig = Field(default_factory=VisionConfig, description="Detection, tracking, redaction, snapshots.")
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig, description="Plate text policy.")
+    policy: EventPolicy = Field(
+        default_factory=EventPolicy,
+        description="Which events may be committed, and which of their fields are dropped or hashed first "
+        "(hashes use privacy.plates.secret).",
+    )
     sensors: SensorList = Field(default_factory=list, description="Serial sensors, one [[sensors]] table each.")
     traffic: TrafficConfig = Field(default_factory=TrafficConfig, description="Radar speed and speeding violations.")
     air_quality: AirQualityConfig = Field(default_factory=AirQualityConfig, description="Particulate averaging.")
@@ -103,6 +109,22 @@ class PoleConfig(Strict):
         if len(names) != len(set(names)):
             raise ValueError(f"two cameras share a name: {sorted(n for n in names if names.count(n) > 1)[0]!r}")
         return self
+
+    @model_validator(mode="after")
+    def _policy_hash_needs_secret(self) -> PoleConfig:
+        secret = self.privacy.plates.secret
+        if self.policy.hashes() and (secret is None or len(secret.get_secret_value()) < 16):
+            rule = next(n for n, r in enumerate(self.policy.redact) if r.action == "hash")
+            raise ValueError(
+                f"policy.redact.{rule}.action: 'hash' needs privacy.plates.secret on this pole "
+                "(SMARTPOLE_PRIVACY_PLATES_SECRET, at least 16 characters)"
+            )
+        return self
+
+    def policy_key(self) -> bytes | None:
+        """The HMAC key of the event policy's 'hash' rules: the deployment's plate secret."""
+        secret = self.privacy.plates.secret
+        return secret.get_secret_value().encode() if secret is not None else None
 
     def outbox_path(self) -> Path:
         path = self.outbox.path

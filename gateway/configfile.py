@@ -90,7 +90,7 @@ def apply_env_secrets(model: type[BaseModel], doc: dict[str, Any], env: Mapping[
             node[path[-1]] = value
 
 
-def _describe(err: Mapping[str, Any], secrets: Collection[str] = ()) -> str:
+def describe_error(err: Mapping[str, Any], secrets: Collection[str] = ()) -> str:
     """One problem as ``dotted.key: why``; the value given is shown, unless the key is a secret's."""
     key = ".".join(str(part) for part in err["loc"]) or "(top level)"
     kind = err["type"]
@@ -130,7 +130,7 @@ def validate(model: type[M], doc: dict[str, Any], path: Path, env: Mapping[str, 
         return model.model_validate(doc)
     except ValidationError as exc:
         secrets = _secret_names(model)
-        raise ConfigError(path, [_describe(e, secrets) for e in exc.errors()]) from None
+        raise ConfigError(path, [describe_error(e, secrets) for e in exc.errors()]) from None
 
 
 def load_config(path: Path, model: type[M], env: Mapping[str, str] | None = None) -> M:

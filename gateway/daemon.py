@@ -12,7 +12,8 @@ Stopping (SIGTERM or SIGINT): the web server stops taking requests, producers
 stop and flush (the last air-quality minute, open radar passes, pipeline
 events), the uplink is cancelled, and the outbox commits everything already
 handed to it. SIGHUP or the status page's "reload config" restarts all of it
-in-process with the re-read file.
+in-process with the re-read file; so does a new remote configuration the
+receiver named (``gateway/remote.py``), with the file and that overlay.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ import uvloop
 from aiohttp import web
 
 from gateway.config import PoleConfig
-from gateway.configfile import ConfigError, config_version, load_config
+from gateway.configfile import ConfigError, config_version
 from gateway.logs import configure_logging
 from gateway.recorder import RecordingSink
+from gateway.remote import LoadedConfig, RemoteConfigFetcher, embedded, load_effective, reread
 from gateway.sensing.service import SensorService
 from gateway.status import (
     CameraStatus,
@@ -64,6 +66,7 @@ from gateway.web.status_page import StatusPage
 from httpkit.throttle import LoginThrottle
 from sync.events import Accepted, Location, NewEvent
 from sync.outbox import Outbox
+from sync.policy import PolicyEngine
 from sync.uplink.base import Uplink
 from sync.uplink.factory import build_uplink
 
@@ -75,10 +78,19 @@ STOP_GRACE_S = 8.0  # systemd allows TimeoutStopSec; we aim to be done well insi
 class Daemon:
     """One pole's running state; ``await run(stop)`` until ``stop`` is set."""
 
-    def __init__(self, config: PoleConfig, config_path: Path | None = None, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self, config: PoleConfig | LoadedConfig, config_path: Path | None = None, notifier: Notifier | None = None
+    ) -> None:
+        """``config``: the effective configuration with its base and overlay; a bare :class:`PoleConfig`
+        is taken as the base, with the overlay persisted in its state directory."""
+        loaded = config if isinstance(config, LoadedConfig) else embedded(config, config_path)
+        config = loaded.config
+        self.loaded = loaded
+        self.next_config: LoadedConfig | None = None  # what to restart with, when a new overlay asked for it
+        self.remote = RemoteConfigFetcher(loaded, self._restart_with)
         self.config = config
-        self.config_path = config_path
-        self.config_version = config_version(config_path) if config_path else "embedded"
+        self.config_path = config_path or loaded.source
+        self.config_version = config_version(self.config_path) if self.config_path else "embedded"
         self.pole_id = config.pole.id
         self.notifier = notifier or Notifier()
         self.started = time.time()
@@ -117,7 +129,7 @@ class Daemon:
             log.warning("uplink_without_token", hint="set SMARTPOLE_UPLINK_TOKEN; the receiver will answer 401")
         if cfg.kind == "mqtt" and cfg.password is None and cfg.token is None:
             log.warning("uplink_without_password", hint="set SMARTPOLE_UPLINK_PASSWORD; the broker will refuse us")
-        return build_uplink(outbox, cfg, self.pole_id, self.status_block)
+        return build_uplink(outbox, cfg, self.pole_id, self.status_block, self.remote.heard)
 
     async def _build_vision(self, sink: RecordingSink, executor: ThreadPoolExecutor) -> None:
         vision = self.config.vision
@@ -170,7 +182,8 @@ class Daemon:
         if outbox.recovered_from is not None:
             log.error("outbox_recovered", moved_aside=str(outbox.recovered_from))
         log.info("outbox_open", path=str(outbox.path), backlog=outbox.backlog, durability=self.config.outbox.durability)
-        sink = RecordingSink(outbox, lambda type_: self.metrics.events.labels(type_).inc())
+        policy = PolicyEngine(self.config.policy, self.config.policy_key(), "this pole")
+        sink = RecordingSink(outbox, lambda type_: self.metrics.events.labels(type_).inc(), policy)
         self.sink = sink
         executor = make_executor(self.config.vision)
         producers_stop = asyncio.Event()
@@ -192,6 +205,9 @@ class Daemon:
 
             async with asyncio.TaskGroup() as tg:
                 supervised = [tg.create_task(self.supervisor.supervise("uplink", self.uplink.run), name="uplink")]
+                supervised.append(
+                    tg.create_task(self.supervisor.supervise("remote-config", self.remote.run), name="remote-config")
+                )
                 if self.sensors is not None:
                     for name, factory in self.sensors.components():
                         supervised.append(tg.create_task(self.supervisor.supervise(name, factory), name=name))
@@ -205,7 +221,14 @@ class Daemon:
                 await self._cameras_tried()
                 self.ready.set()
                 self.notifier.send(READY=1, STATUS=self.status_line())
-                log.info("ready", cameras=len(self.pipelines), sensors=len(self.config.sensors), port=self.server.port)
+                log.info(
+                    "ready",
+                    cameras=len(self.pipelines),
+                    sensors=len(self.config.sensors),
+                    port=self.server.port,
+                    remote_config_version=self.loaded.version,
+                    remote_config_error=self.loaded.error,
+                )
                 interval = watchdog_interval()
                 if interval is not None:
                     supervised.append(
@@ -310,6 +333,9 @@ class Daemon:
                 id=self.pole_id,
                 software_version=SOFTWARE_VERSION,
                 config_version=self.config_version,
+                remote_config_version=self.remote.version,
+                remote_config_target=self.remote.target,
+                remote_config_error=self.remote.error,
                 started_at=self.started,
                 uptime_s=now - self.started,
                 location=self.location(),
@@ -392,7 +418,7 @@ class Daemon:
         if self.config_path is None:
             return False, "this daemon was started without a config file"
         try:
-            await asyncio.to_thread(load_config, self.config_path, PoleConfig)
+            await asyncio.to_thread(load_effective, self.config_path)
         except ConfigError as exc:
             return False, str(exc)
         self.request_reload()
@@ -402,6 +428,11 @@ class Daemon:
         self.reload_requested = True
         if self._stop is not None:
             self._stop.set()
+
+    def _restart_with(self, loaded: LoadedConfig) -> None:
+        """A new remote configuration is persisted and valid: restart the components with it."""
+        self.next_config = loaded
+        self.request_reload()
 
     # ------------------------------------------------------------------ open endpoints
 
@@ -425,10 +456,12 @@ async def _wait_or_cancel(tasks: list[asyncio.Task[None]], timeout: float) -> No
 
 async def serve(
     config_path: Path | None,
-    config: PoleConfig,
+    config: PoleConfig | LoadedConfig,
     on_daemon: Callable[[Daemon], Awaitable[None] | None] | None = None,
 ) -> int:
-    """Run daemons until SIGTERM/SIGINT; SIGHUP or a reload request starts a new one with the re-read file."""
+    """Run daemons until SIGTERM/SIGINT; SIGHUP or a reload request starts a new one with the re-read
+    file (and the persisted remote overlay), a new remote configuration with the overlay it brought."""
+    loaded = config if isinstance(config, LoadedConfig) else embedded(config, config_path)
     notifier = Notifier()
     stop = asyncio.Event()
     current: list[Daemon] = []
@@ -444,7 +477,7 @@ async def serve(
     fatal: list[BaseException] = []
     try:
         while True:
-            daemon = Daemon(config, config_path, notifier)
+            daemon = Daemon(loaded, config_path, notifier)
             current[:] = [daemon]
             if on_daemon is not None:
                 maybe = on_daemon(daemon)
@@ -456,15 +489,17 @@ async def serve(
                 fatal.extend(group.exceptions)
             if fatal or not daemon.reload_requested:
                 break
-            assert config_path is not None
             notifier.send(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
-            try:
-                config = load_config(config_path, PoleConfig)
-            except ConfigError as exc:  # the file changed again since it was checked: keep the old config
-                log.error("reload_refused", error=str(exc))
-            configure_logging(config.logging.level, config.logging.format, pole_id=config.pole.id)
+            if daemon.next_config is not None:
+                loaded = daemon.next_config
+            else:
+                try:
+                    loaded = reread(loaded)
+                except ConfigError as exc:  # the file changed again since it was checked: keep the old config
+                    log.error("reload_refused", error=str(exc))
+            configure_logging(loaded.config.logging.level, loaded.config.logging.format, pole_id=loaded.config.pole.id)
             stop.clear()
-            log.info("reloading", config=str(config_path))
+            log.info("reloading", config=str(config_path), remote_config_version=loaded.version)
     finally:
         notifier.close()
     for error in fatal:
@@ -478,8 +513,9 @@ def default_config_path() -> Path:
     return Path(base) / "pole.toml"
 
 
-def run_daemon(config: PoleConfig, config_path: Path) -> int:
-    configure_logging(config.logging.level, config.logging.format, pole_id=config.pole.id)
+def run_daemon(config: PoleConfig | LoadedConfig, config_path: Path) -> int:
+    effective = config.config if isinstance(config, LoadedConfig) else config
+    configure_logging(effective.logging.level, effective.logging.format, pole_id=effective.pole.id)
     # OpenCV prints its own unstructured warnings (every failed reopen of an absent camera);
     # the camera's state and errors are already in our logs and on the status page.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)

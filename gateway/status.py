@@ -21,11 +21,14 @@ from sync.uplink.base import UplinkState, UplinkStateName
 class PoleInfo:
     id: str
     software_version: str
-    config_version: str
+    config_version: str  # the fingerprint of the pole's own file
     started_at: float
     uptime_s: float
     location: Location | None
     clock: str | None  # "ok, +0.12 s from GPS"; None until GPS has checked it
+    remote_config_version: str = "0"  # the remote overlay applied ("0": none)
+    remote_config_target: str | None = None  # the version the receiver's last reply named
+    remote_config_error: str | None = None  # why the target (or the persisted overlay) is not applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +169,9 @@ class PoleStatus:
             "disk_free_bytes": self.disk.free_bytes,
             "dead_letters": self.outbox.dead_letters,
             "software_version": self.pole.software_version,
-            "config_version": self.pole.config_version,
+            "config_version": self.pole.remote_config_version,
+            "config_error": self.pole.remote_config_error,
+            "config_file_version": self.pole.config_version,
             "uptime_s": round(self.pole.uptime_s, 1),
             "cameras": {c.name: c.state for c in self.cameras},
         }

@@ -31,7 +31,8 @@ from receiver.mediastore.local import LocalMediaStore
 from receiver.metrics import ReceiverMetrics
 from receiver.operations import Operations
 from receiver.poles import Poles
-from receiver.policy import PolicyConfig
+from receiver.policy import PolicyConfig, ReceiverPolicy
+from receiver.remote import RemoteConfig
 from receiver.store.base import Store, StoreError
 from sync.protocol import BATCHES_PATH, MEDIA_PATH
 
@@ -57,12 +58,14 @@ class Receiver:
             metrics or ReceiverMetrics(),
             Gunzip(config.max_concurrent_decompressions),
             TokenUse(),
+            ReceiverPolicy(policy),
             media if media is not None else LocalMediaStore(config.media_dir),
         )
         self.batches = Batches(self.ctx)
         self.media = Media(self.ctx)
         self.events = Events(self.ctx)
         self.poles = Poles(self.ctx)
+        self.remote = RemoteConfig(self.ctx)
         self.operations = Operations(self.ctx)
 
     def make_app(self, extra_middlewares: Iterable[Any] = ()) -> web.Application:
@@ -79,6 +82,18 @@ class Receiver:
         app.router.add_get(MEDIA_PATH, self.media.get)
         app.router.add_get("/v1/events", self.events.list)
         app.router.add_get("/v1/poles", self.poles.list)
+        app.router.add_post("/v1/poles", self.poles.create)
+        app.router.add_get("/v1/poles/{pole_id}", self.poles.get)
+        app.router.add_patch("/v1/poles/{pole_id}", self.poles.update)
+        app.router.add_delete("/v1/poles/{pole_id}", self.poles.revoke)
+        app.router.add_post("/v1/poles/{pole_id}/revoke", self.poles.revoke)
+        app.router.add_post("/v1/poles/{pole_id}/tokens", self.poles.add_token)
+        app.router.add_get("/v1/poles/{pole_id}/config", self.remote.get_pole)
+        app.router.add_put("/v1/poles/{pole_id}/config", self.remote.put_pole)
+        app.router.add_delete("/v1/poles/{pole_id}/config", self.remote.delete_pole)
+        app.router.add_get("/v1/tags/{tag}/config", self.remote.get_tag)
+        app.router.add_put("/v1/tags/{tag}/config", self.remote.put_tag)
+        app.router.add_delete("/v1/tags/{tag}/config", self.remote.delete_tag)
         app.router.add_get("/health", self.operations.health)
         app.router.add_get("/metrics", self.operations.metrics)
         return app

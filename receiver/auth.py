@@ -3,7 +3,13 @@
 Each token has a public id (the first 12 hex digits of its hash), shown by ``list-tokens``
 and used by ``revoke-token``; the secret itself is never shown again. A token has one role;
 a route names the roles it admits, so a role that may do more (an admin) is one more name
-in those lists, not another check.
+in those lists, not another check:
+
+- ``pole``: writes its own pole's batches and media, and reads its own remote configuration;
+- ``reader``: reads events, media, poles, analytics (``READERS``);
+- ``admin``: all a reader does, plus registering, revoking and configuring poles (``ADMINS``).
+
+A token without the role a route needs gets a 403; an unknown or revoked one a 401.
 """
 
 from __future__ import annotations
@@ -17,13 +23,16 @@ import structlog
 from aiohttp import web
 
 from httpkit.errors import json_error
-from receiver.store.base import Store, TokenInfo
+from receiver.store.base import ROLES, Store, TokenInfo
 from sync.protocol import token_hash
 
 log = structlog.get_logger("receiver")
 
 TOKEN_PREFIX = "spt_"
-ROLES = ("pole", "reader")
+READERS = ("reader", "admin")  # every route that reads admits these
+ADMINS = ("admin",)
+
+__all__ = ["ADMINS", "READERS", "ROLES", "TokenUse", "authenticate", "bearer", "new_token", "token_hash"]
 
 
 def new_token() -> str:

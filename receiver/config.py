@@ -41,9 +41,6 @@ class ReceiverSection(Strict):
     max_clip_bytes: int = Field(32_000_000, gt=0, description="Largest MP4 clip accepted by PUT /v1/media.")
     online_window_s: float = Field(300.0, gt=0, description="A pole seen within this many seconds counts as online.")
     events_page_max: int = Field(1000, ge=1, description="Most events one GET /v1/events page returns.")
-    config_version: str = Field(
-        "1", min_length=1, max_length=64, description="Config version reported to poles in every batch reply."
-    )
     pool_size: int = Field(8, ge=1, le=64, description="PostgreSQL connections per receiver process.")
 
 

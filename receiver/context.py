@@ -9,7 +9,7 @@ from receiver.auth import TokenUse
 from receiver.config import ReceiverSection
 from receiver.mediastore.base import MediaStore
 from receiver.metrics import ReceiverMetrics
-from receiver.policy import PolicyConfig
+from receiver.policy import PolicyConfig, ReceiverPolicy
 from receiver.store.base import Store
 
 
@@ -21,4 +21,5 @@ class Context:
     metrics: ReceiverMetrics
     gunzip: Gunzip
     token_use: TokenUse
+    rules: ReceiverPolicy  # ``policy``, ready to apply
     media: MediaStore

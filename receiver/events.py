@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from httpkit.errors import json_error, json_response
-from receiver.auth import authenticate
+from receiver.auth import READERS, authenticate
 from receiver.context import Context
 from receiver.store.base import EventQuery
 from sync import limits
@@ -75,7 +75,7 @@ class Events:
 
     async def list(self, request: web.Request) -> web.Response:
         ctx = self.ctx
-        auth = await authenticate(request, ctx.store, "reader", use=ctx.token_use)
+        auth = await authenticate(request, ctx.store, *READERS, use=ctx.token_use)
         if isinstance(auth, web.Response):
             return auth
         try:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import structlog
 
 from receiver.context import Context
-from receiver.policy import refusal
 from sync.protocol import BatchReply, ErrorReply, ProtocolError, Rejection, parse_batch
 
 log = structlog.get_logger("receiver")
@@ -35,16 +34,27 @@ def refused(status: int, message: str, rejected: list[Rejection] | None = None) 
 async def ingest_batch(ctx: Context, pole_id: str, document: bytes, credential: str = "token") -> Outcome:
     """Validate and store the batch ``document`` sent by ``pole_id``, as its ``credential`` (the
     bearer token, the MQTT topic) says."""
+    started = time.perf_counter()
+    try:
+        return await _ingest(ctx, pole_id, document, credential)
+    finally:
+        transport = "mqtt" if credential == "topic" else "http"
+        ctx.metrics.ingest_latency.labels(transport).observe(time.perf_counter() - started)
+
+
+async def _ingest(ctx: Context, pole_id: str, document: bytes, credential: str) -> Outcome:
+    metrics = ctx.metrics
     try:
         envelope, events, invalid, dropped_status = parse_batch(document)
     except ProtocolError as exc:
-        ctx.metrics.batches.labels("too_large" if exc.status == 413 else "invalid").inc()
+        metrics.batches.labels("too_large" if exc.status == 413 else "invalid").inc()
         return refused(exc.status, str(exc))
     if envelope.pole_id != pole_id:
-        ctx.metrics.batches.labels("forbidden").inc()
+        metrics.batches.labels("forbidden").inc()
         return refused(403, f"{credential} belongs to pole {pole_id!r}, not {envelope.pole_id!r}")
     if invalid:
-        ctx.metrics.batches.labels("invalid").inc()
+        metrics.batches.labels("invalid").inc()
+        metrics.rejected.labels("invalid").inc(len(invalid))
         return refused(400, f"{len(invalid)} invalid event(s); nothing stored", invalid)
 
     if dropped_status is not None:
@@ -52,18 +62,25 @@ async def ingest_batch(ctx: Context, pole_id: str, document: bytes, credential: 
     now = time.time()
     rejected: list[Rejection] = []
     storable = []
+    redacted = 0
     for event in events:
-        reason = refusal(event, ctx.policy, now)
-        if reason is None:
-            storable.append(event)
+        verdict = ctx.rules.apply(event, now)
+        if verdict.refusal is None:
+            storable.append(verdict.event)
+            redacted += verdict.redacted
         else:
-            rejected.append(Rejection(id=event.id, reason=reason))
+            rejected.append(Rejection(id=event.id, reason=verdict.refusal))
+            metrics.rejected.labels(verdict.kind or "policy").inc()
+    if redacted:
+        metrics.redacted.inc(redacted)
     status = envelope.status.model_dump(exclude_none=True) if envelope.status else None
     result = await ctx.store.insert_batch(envelope.pole_id, envelope.batch_id, storable, status, now)
-    ctx.metrics.batches.labels("stored").inc()
-    ctx.metrics.events.labels("accepted").inc(len(result.accepted))
-    ctx.metrics.events.labels("duplicate").inc(len(result.duplicates))
-    ctx.metrics.events.labels("rejected").inc(len(rejected) + len(result.rejected))
+    metrics.batches.labels("stored").inc()
+    metrics.events.labels("accepted").inc(len(result.accepted))
+    metrics.events.labels("duplicate").inc(len(result.duplicates))
+    metrics.events.labels("rejected").inc(len(rejected) + len(result.rejected))
+    if result.rejected:
+        metrics.rejected.labels("database").inc(len(result.rejected))
     if rejected:
         first = rejected[0].reason
         log.warning("events_refused_by_policy", pole_id=envelope.pole_id, events=len(rejected), first=first)
@@ -77,6 +94,6 @@ async def ingest_batch(ctx: Context, pole_id: str, document: bytes, credential: 
             duplicates=result.duplicates,
             rejected=rejected + result.rejected,
             missing_media=result.missing_media,
-            config_version=ctx.config.config_version,
+            config_version=result.config_target,
         ),
     )

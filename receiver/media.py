@@ -18,7 +18,7 @@ from aiohttp import web
 
 from httpkit.body import BadEncoding, BodyTooLarge, read_body, require_identity
 from httpkit.errors import json_error, json_response
-from receiver.auth import authenticate
+from receiver.auth import READERS, authenticate
 from receiver.context import Context
 from receiver.jpeg import jpeg_problem
 from receiver.mediastore.base import KINDS, MediaUnavailable
@@ -84,7 +84,7 @@ class Media:
         return (201 if created else 200), {"sha256": sha, "stored": created}
 
     async def get(self, request: web.Request) -> web.StreamResponse:
-        auth = await authenticate(request, self.ctx.store, "reader", use=self.ctx.token_use)
+        auth = await authenticate(request, self.ctx.store, *READERS, use=self.ctx.token_use)
         if isinstance(auth, web.Response):
             return auth
         sha = request.match_info["sha256"]

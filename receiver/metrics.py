@@ -1,4 +1,10 @@
-"""The receiver's Prometheus metrics, on a registry of its own."""
+"""The receiver's Prometheus metrics, on a registry of its own.
+
+Ingest: batches by result, events by outcome, rejected events by reason, fields the receiver's
+policy redacted, ingest latency by transport. Fleet and database pool gauges are set when
+``/metrics`` is scraped (``receiver/operations.py``): one query over the poles, and the pool's
+own counts.
+"""
 
 from __future__ import annotations
 
@@ -45,4 +51,64 @@ class ReceiverMetrics:
         )
         self.poles_online = Gauge(
             "smartpole_receiver_poles_online", "Poles heard from within the online window.", registry=self.registry
+        )
+        self.rejected = Counter(
+            "smartpole_receiver_events_rejected_total",
+            "Events refused for good, by reason (invalid, type, future, plate_text, database).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.redacted = Counter(
+            "smartpole_receiver_fields_redacted_total",
+            "Event fields the receiver's policy dropped or hashed before storing.",
+            registry=self.registry,
+        )
+        self.ingest_latency = Histogram(
+            "smartpole_receiver_ingest_seconds",
+            "Time to validate, filter and store one decoded batch, by transport (http, mqtt).",
+            ["transport"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+        self.poles = Gauge(
+            "smartpole_receiver_poles",
+            "Registered poles by state: online (heard from within online_window_s), offline, revoked.",
+            ["state"],
+            registry=self.registry,
+        )
+        self.worst_backlog = Gauge(
+            "smartpole_receiver_fleet_worst_backlog_events",
+            "The largest outbox backlog an active pole reported.",
+            registry=self.registry,
+        )
+        self.worst_oldest_age = Gauge(
+            "smartpole_receiver_fleet_worst_oldest_age_seconds",
+            "The age of the oldest unsent event any active pole reported.",
+            registry=self.registry,
+        )
+        self.worst_clock_skew = Gauge(
+            "smartpole_receiver_fleet_worst_clock_skew_seconds",
+            "The largest clock difference to GPS time (either way) an active pole reported.",
+            registry=self.registry,
+        )
+        self.config_behind = Gauge(
+            "smartpole_receiver_poles_config_behind",
+            "Active poles whose applied configuration version is not their target.",
+            registry=self.registry,
+        )
+        self.config_errors = Gauge(
+            "smartpole_receiver_poles_config_errors",
+            "Active poles reporting an error applying their remote configuration.",
+            registry=self.registry,
+        )
+        self.db_connections = Gauge(
+            "smartpole_receiver_db_connections",
+            "Database connections of this process by state (in_use, idle).",
+            ["state"],
+            registry=self.registry,
+        )
+        self.db_connections_max = Gauge(
+            "smartpole_receiver_db_connections_max",
+            "Most database connections this process opens (pool_size; 2 on SQLite: a writer and a reader).",
+            registry=self.registry,
         )

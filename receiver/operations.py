@@ -33,8 +33,22 @@ class Operations:
 
     async def metrics(self, request: web.Request) -> web.Response:
         ctx = self.ctx
-        # With the database down, still serve the process metrics; the gauge keeps its last value.
+        m = ctx.metrics
+        # With the database down, still serve the process metrics; the gauges keep their last values.
         with contextlib.suppress(StoreError):
-            ctx.metrics.poles_online.set(await ctx.store.count_online(time.time() - ctx.config.online_window_s))
+            fleet = await ctx.store.fleet_summary(time.time() - ctx.config.online_window_s)
+            m.poles_online.set(fleet.online)
+            m.poles.labels("online").set(fleet.online)
+            m.poles.labels("offline").set(fleet.offline)
+            m.poles.labels("revoked").set(fleet.revoked)
+            m.worst_backlog.set(fleet.worst_backlog)
+            m.worst_oldest_age.set(fleet.worst_oldest_age_s)
+            m.worst_clock_skew.set(fleet.worst_clock_skew_s)
+            m.config_behind.set(fleet.config_behind)
+            m.config_errors.set(fleet.config_errors)
+        pool = ctx.store.pool_stats()
+        m.db_connections.labels("in_use").set(pool.in_use)
+        m.db_connections.labels("idle").set(pool.idle)
+        m.db_connections_max.set(pool.max_size)
         body = generate_latest(ctx.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -64,6 +64,11 @@ async def add_reader(config: ReceiverConfig, name: str) -> str:
     return await _add_token(config, "reader", None, name)
 
 
+async def add_admin(config: ReceiverConfig, name: str) -> str:
+    """A token for operators: all a reader does, plus registering, revoking and configuring poles."""
+    return await _add_token(config, "admin", None, name)
+
+
 async def _add_token(config: ReceiverConfig, role: str, pole_id: str | None, name: str | None) -> str:
     store = await open_store(config.receiver.database_url.get_secret_value(), 1)
     try:

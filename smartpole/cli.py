@@ -22,6 +22,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from receiver.config import ReceiverConfig
 
     path = Path(args.file)
+    if args.effective or args.overlay:
+        return _effective_config(path, Path(args.overlay) if args.overlay else None)
     try:
         doc, _ = read_toml(path)
         kind = args.kind if args.kind != "auto" else _config_kind(doc)
@@ -33,17 +35,60 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.config import PoleConfig
-    from gateway.daemon import default_config_path, run_daemon
+def _effective_config(path: Path, overlay_path: Path | None) -> int:
+    """``check-config --effective``: the pole file with a remote overlay applied, as JSON, secrets masked.
+    The overlay is ``--overlay FILE`` (a remote-config.json, or a bare overlay in JSON or TOML as sent to
+    the receiver), else the one persisted in the pole's state directory, if any."""
+    import copy
+    import json
 
-    path = Path(args.config) if args.config else default_config_path()
+    from gateway.config import PoleConfig
+    from gateway.remote import overlay_file, read_overlay
+    from gateway.remote_config import OverlayError, effective_config, overlay_version, validate_overlay
+
     try:
-        config = load_config(path, PoleConfig)
+        doc, _ = read_toml(path)
+        base = validate(PoleConfig, copy.deepcopy(doc), path)
+        source = overlay_path or overlay_file(base)
+        overlay: Any = {}
+        if overlay_path is not None and overlay_path.suffix == ".toml":
+            overlay, _ = read_toml(overlay_path)
+        elif overlay_path is not None:
+            raw = json.loads(overlay_path.read_text())
+            persisted = isinstance(raw, dict) and set(raw) == {"version", "overlay"}
+            overlay = raw["overlay"] if persisted else raw
+        else:
+            stored = read_overlay(source)
+            overlay = stored[0] if stored is not None else {}
+        overlay = validate_overlay(overlay)
+        config = effective_config(doc, overlay, source)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
-    return run_daemon(config, path)
+    except OverlayError as exc:
+        print("\n".join(f"{source}: {p}" for p in exc.problems), file=sys.stderr)
+        return EXIT_CONFIG
+    except (OSError, ValueError) as exc:
+        print(f"{source}: cannot read: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(json.dumps(config.model_dump(mode="json"), indent=2))
+    print(
+        f"remote overlay {overlay_version(overlay)} from {source}" if overlay else "no remote overlay", file=sys.stderr
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.daemon import default_config_path, run_daemon
+    from gateway.remote import load_effective
+
+    path = Path(args.config) if args.config else default_config_path()
+    try:
+        loaded = load_effective(path)  # the file, with the remote overlay persisted in the state directory
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    return run_daemon(loaded, path)
 
 
 def cmd_receiver(args: argparse.Namespace) -> int:
@@ -84,6 +129,15 @@ def cmd_receiver(args: argparse.Namespace) -> int:
                 "reload Mosquitto with SIGHUP",
                 file=sys.stderr,
             )
+        return 0
+    if action == "add-admin":
+        token = uvloop.run(service.add_admin(config, args.name))
+        print(token)
+        print(
+            f"admin {args.name}: token above (id {token_id_of(token_hash(token))}), shown once; it registers, "
+            "revokes and configures poles",
+            file=sys.stderr,
+        )
         return 0
     if action == "add-reader":
         token = uvloop.run(service.add_reader(config, args.name))
@@ -194,9 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "receiver",
         parents=[receiver_config],
-        help="run the cloud receiver, or manage its poles and readers",
+        help="run the cloud receiver, or manage its poles, readers and admins",
         description="Without an action: serve the receiver (stops cleanly on SIGTERM). "
-        "With an action: manage tokens. Tokens are printed once and stored only as sha256 hashes.",
+        "With an action: manage tokens (pole, reader, admin). Tokens are printed once and stored only as "
+        "sha256 hashes.",
     )
     p.set_defaults(func=cmd_receiver)
     actions = p.add_subparsers(dest="action", metavar="ACTION")
@@ -213,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("pole_id", metavar="POLE_ID")
     a = actions.add_parser(
         "add-reader", parents=[receiver_config], help="print a new read-only token for dashboards and analytics"
+    )
+    a.add_argument("name", metavar="NAME")
+    a = actions.add_parser(
+        "add-admin",
+        parents=[receiver_config],
+        help="print a new admin token: reads all, registers, revokes and configures poles",
     )
     a.add_argument("name", metavar="NAME")
     actions.add_parser(
@@ -290,9 +351,21 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config",
         help="validate a configuration file",
         description="Validate a pole or receiver configuration file. Prints 'ok', or every problem as "
-        "'FILE: dotted.key: why' and exits with status 2.",
+        "'FILE: dotted.key: why' and exits with status 2. With --effective, prints a pole's effective "
+        "configuration instead.",
     )
     p.add_argument("file", metavar="FILE", help="the TOML file")
+    p.add_argument(
+        "--effective",
+        action="store_true",
+        help="pole files: print the effective configuration (JSON, secrets masked): the file with the remote "
+        "overlay persisted in its state directory (or --overlay) applied",
+    )
+    p.add_argument(
+        "--overlay",
+        metavar="OVERLAY",
+        help="with --effective: a remote-config.json, or an overlay as sent to the receiver (JSON or .toml)",
+    )
     p.add_argument(
         "--kind",
         choices=["auto", "pole", "receiver"],

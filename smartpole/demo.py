@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from gateway.config import LocationConfig, PathsConfig, PoleConfig, PoleSection
 from gateway.daemon import Daemon
 from gateway.logs import configure_logging
+from gateway.remote import reread
 from gateway.tmpfs import use_memory_for_temp_files
 from gateway.vision.config import LineConfig, VisionConfig
 from gateway.web.login import hash_password
@@ -90,7 +91,7 @@ async def _demo(workdir: Path, duration: float | None) -> None:
         async with asyncio.TaskGroup() as tg:
             receiving = tg.create_task(service.serve(receiver_config, receiver_stop, lambda _: receiver_up.set()))
             await receiver_up.wait()
-            pole = tg.create_task(daemon.run(stop))
+            pole = tg.create_task(_run_pole(daemon, stop))
             await daemon.ready.wait()
             log.info(
                 "demo_ready", status_page=f"http://127.0.0.1:{POLE_PORT}/", receiver=f"http://127.0.0.1:{RECEIVER_PORT}"
@@ -107,6 +108,17 @@ async def _demo(workdir: Path, duration: float | None) -> None:
             await pole
             receiver_stop.set()
             await receiving
+
+
+async def _run_pole(daemon: Daemon, stop: asyncio.Event) -> None:
+    """Run the pole; a reload (the status page's button, a remote configuration) restarts it in-process."""
+    while True:
+        await daemon.run(stop)
+        if not daemon.reload_requested:
+            return
+        loaded = daemon.next_config or reread(daemon.loaded)
+        stop.clear()
+        daemon = Daemon(loaded)
 
 
 def run_demo(workdir: Path, duration: float | None = None) -> int:

@@ -76,10 +76,20 @@ class Accepted(NamedTuple):
 
     A NamedTuple rather than a frozen dataclass: one is made per event on the
     outbox's hot path, and this is several times cheaper to create.
+
+    A sink that applies the event policy (``gateway.recorder.RecordingSink``) answers an
+    event the policy does not let through with a receipt that has no id, seq 0 and the
+    reason in ``withheld``: nothing was committed.
     """
 
     id: str
     seq: int
+    withheld: str | None = None
+
+
+def withheld(reason: str) -> Accepted:
+    """The receipt of an event the policy kept from the outbox."""
+    return Accepted("", 0, reason)
 
 
 class EventSink(Protocol):

@@ -141,7 +141,8 @@ class StatusBlock(BaseModel):
     disk_free_bytes: int | None = None
     dead_letters: int | None = None
     software_version: str | None = None
-    config_version: str | None = None
+    config_version: str | None = None  # the remote configuration version the pole runs ("0": none)
+    config_error: str | None = None  # why it does not run its target version, if it does not
     uptime_s: float | None = None
 
 

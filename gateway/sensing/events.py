@@ -179,8 +179,8 @@ class SensorEvents:
         while self._pending:
             event = self._pending[0]
             try:
-                await self._sink.put(event)
-                self._events[event.type] += 1
+                if (await self._sink.put(event)).withheld is None:  # else the event policy kept it out
+                    self._events[event.type] += 1
             except Exception as exc:
                 self._sink_errors[type(exc).__name__] += 1
                 held = self._throttle.allow(f"sink:{type(exc).__name__}")

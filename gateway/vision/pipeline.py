@@ -571,6 +571,8 @@ class VisionPipeline:
         finally:
             self._time("commit", time.perf_counter() - start)
         for e, receipt in zip(events, accepted, strict=True):
+            if receipt.withheld is not None:
+                continue  # the event policy kept it from the outbox (the sink counts it)
             self._events[e.type] = self._events.get(e.type, 0) + 1
             self.observe_event(e, receipt.id)
 

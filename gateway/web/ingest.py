@@ -6,6 +6,11 @@ this door would bypass it. Nothing the receiver could not store gets in either
 (:mod:`sync.limits`: no NUL, 64-bit integers, bounded nesting and size), nor a
 ``ts`` outside the window around now that ``http.max_future_s`` and
 ``http.max_past_s`` allow: each is a 400 naming the field.
+
+The pole's event policy applies here as to every producer (the sink is the daemon's
+``RecordingSink``): an event of a type it withholds is not committed, and the 201 lists it
+under ``withheld`` (its id and seq are null) with the reason; dropped or hashed fields are
+committed without their plain value.
 """
 
 from __future__ import annotations
@@ -132,12 +137,21 @@ def make_ingest_handler(
         ]
         results = await asyncio.gather(*(sink.put(e) for e in events), return_exceptions=True)
         failed = [(n, r) for n, r in enumerate(results) if isinstance(r, BaseException)]
+        receipts = [r for r in results if not isinstance(r, BaseException)]
+        withheld = [
+            {"index": n, "reason": r.withheld}
+            for n, r in enumerate(results)
+            if not isinstance(r, BaseException) and r.withheld is not None
+        ]
         if not failed:
-            return json_response(
-                {"ids": [r.id for r in results], "seqs": [r.seq for r in results]},  # type: ignore[union-attr]
-                201,
-            )
-        committed = [r.id for r in results if not isinstance(r, BaseException)]
+            body: dict[str, Any] = {
+                "ids": [r.id or None for r in receipts],
+                "seqs": [r.seq or None for r in receipts],
+            }
+            if withheld:
+                body["withheld"] = withheld
+            return json_response(body, 201)
+        committed = [r.id for r in receipts if r.withheld is None]
         errors = [{"index": n, "error": str(r)} for n, r in failed]
         first = failed[0][1]
         if isinstance(first, EventTooLarge):

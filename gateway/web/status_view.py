@@ -94,6 +94,17 @@ def _summary(data: dict[str, Any], limit: int = 90) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+@_total
+def _remote_config(pole: Any) -> str:
+    """Applied and target remote configuration versions ("0": none), and why the target is not applied."""
+    applied = pole.remote_config_version
+    target = pole.remote_config_target
+    text = f"applied {applied}" + (
+        "" if target is None else ", in sync" if target == applied else f", receiver wants {target}"
+    )
+    return text + (f"; ERROR: {pole.remote_config_error}" if pole.remote_config_error else "")
+
+
 def build_view(status: PoleStatus) -> dict[str, Any]:
     """Display strings (``text``), table rows (``tables``), image URLs (``images``) and state classes."""
     now = status.now
@@ -125,7 +136,7 @@ def build_view(status: PoleStatus) -> dict[str, Any]:
         "uplink_eta": fmt_duration(uplink.eta_s) if uplink.eta_s is not None else "–",
         "uplink_batches": fmt_counts(uplink.batches),
         "uplink_sent": f"{uplink.events_sent} events, {fmt_bytes(uplink.bytes_sent)}",
-        "uplink_remote_config": uplink.remote_config_version or "–",
+        "uplink_remote_config": _remote_config(pole),
         "uplink_security": f"INSECURE: {uplink.warning}" if uplink.warning else "TLS or this machine",
         "disk_free": f"{fmt_bytes(disk.free_bytes)} free of {fmt_bytes(disk.total_bytes)}",
         "redactions": fmt_counts(status.redactions),

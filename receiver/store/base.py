@@ -14,15 +14,25 @@ dead-letter. Anything else (connection lost, database down) is a
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
+from sync.overlays import EMPTY_VERSION, effective_overlay, overlay_version
 from sync.protocol import Rejection, WireEvent
 
 # Schema migrations are numbered; each backend lists its own statements per version.
 # 2: tokens get a public id (the first 12 hex digits of their hash) and the time of their last use.
-SCHEMA_VERSION = 2
+# 3: analytics rollups (branch analytics), with the pole_tags table.
+# 4: the fleet registry: admin tokens; poles get a name, a location, first contact, revocation, the
+#    configuration versions (target and applied) and the figures fleet metrics read; pole_tags (as
+#    in 3, created if missing) and config_overlays (remote configuration per pole and per tag).
+SCHEMA_VERSION = 4
 TOKEN_ID_LENGTH = 12
+ROLES = ("pole", "reader", "admin")
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+Scope = Literal["pole", "tag"]
 
 
 def token_id_of(token_hash: str) -> str:
@@ -32,7 +42,7 @@ def token_id_of(token_hash: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TokenInfo:
-    role: str  # "pole" or "reader"
+    role: str  # "pole", "reader" or "admin"
     pole_id: str | None
     name: str | None
     revoked: bool
@@ -58,6 +68,7 @@ class InsertResult:
     duplicates: list[str]
     missing_media: list[str]
     rejected: list[Rejection] = field(default_factory=list)  # events the database refused (a data error)
+    config_target: str | None = None  # the pole's target config version, read by the same statement
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +100,190 @@ class EventPage:
 
 @dataclass(frozen=True, slots=True)
 class PoleState:
+    """A registered pole: what it was registered with, and what its batches said last."""
+
     pole_id: str
-    last_seen: float | None
+    last_seen: float | None  # last contact (its last batch)
     max_seq: int
     events_total: int
-    status: dict[str, Any] | None
+    status: dict[str, Any] | None  # the status block of its last batch that had one
+    name: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    tags: list[str] = field(default_factory=list)
+    created_at: float | None = None
+    first_seen: float | None = None  # first contact
+    revoked_at: float | None = None  # every token revoked; events and history stay
+    config_target: str = EMPTY_VERSION  # the version of its effective overlay (what it should run)
+    config_applied: str | None = None  # the version its last status block says it runs
+    config_error: str | None = None  # why it could not apply the target, as it reported
+    backlog: int | None = None  # events waiting in its outbox, all priorities
+    oldest_age_s: float | None = None
+    clock_skew_s: float | None = None  # its clock minus GPS time
+
+    def online(self, now: float, window_s: float) -> bool:
+        return self.revoked_at is None and self.last_seen is not None and now - self.last_seen <= window_s
+
+
+POLE_COLUMNS = (
+    "pole_id, last_seen, max_seq, events_total, status, name, lat, lon, created_at, first_seen, revoked_at,"
+    " config_target, config_applied, config_error, backlog, oldest_age_s, clock_skew_s"
+)
+
+
+def pole_state(row: Any, status: dict[str, Any] | None, tags: list[str]) -> PoleState:
+    """A :class:`PoleState` from a row of ``POLE_COLUMNS`` (its status decoded) and its tags."""
+    return PoleState(
+        row[0], row[1], row[2], row[3], status, row[5], row[6], row[7], tags, *(row[i] for i in range(8, 17))
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PoleQuery:
+    """Which poles ``list_poles`` returns: filters, and the page (pole ids after ``after``)."""
+
+    tag: str | None = None
+    online: bool | None = None
+    online_since: float = 0.0  # with ``online``: poles heard from since this time are online
+    revoked: bool | None = None
+    after: str | None = None
+    limit: int = 100
+
+    def conditions(self) -> list[tuple[str, Any]]:
+        """The filters in force as (SQL condition with one placeholder ``{}``, value)."""
+        wanted: list[tuple[str, Any]] = [
+            ("pole_id > {}", self.after),
+            ("pole_id IN (SELECT pole_id FROM pole_tags WHERE tag = {})", self.tag),
+        ]
+        if self.online is not None:
+            online = "(revoked_at IS NULL AND last_seen >= {})"
+            wanted.append((online if self.online else f"NOT coalesce({online}, false)", self.online_since))
+        if self.revoked is not None:
+            wanted.append(("revoked_at IS NOT NULL" if self.revoked else "revoked_at IS NULL", None))
+        return [(sql, value) for sql, value in wanted if value is not None or "{}" not in sql]
+
+
+@dataclass(frozen=True, slots=True)
+class PolePage:
+    poles: list[PoleState]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PoleChanges:
+    """What ``PATCH /v1/poles/{id}`` changes; ``fields`` holds the given ones of name, lat and lon
+    (None clears), ``tags`` the new tags (None: unchanged)."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Overlay:
+    """A stored configuration overlay of one pole or one tag."""
+
+    scope: Scope
+    name: str
+    overlay: dict[str, Any]
+    version: str
+    updated_at: float
+    updated_by: str | None
+
+
+def target_version(layers: list[Overlay]) -> str:
+    """The version of the effective overlay of a pole whose layers are ``layers`` (tags by name, then its own)."""
+    return overlay_version(effective_overlay(layer.overlay for layer in layers))
+
+
+def layers_by_pole(
+    pole_ids: list[str], tags: list[tuple[str, str]], overlays: list[Overlay]
+) -> dict[str, list[Overlay]]:
+    """Each pole's layers in merge order, from (pole id, tag) rows and the overlays they reach."""
+    found = {(o.scope, o.name): o for o in overlays}
+    tags_of: dict[str, list[str]] = {}
+    for pole, tag in tags:
+        tags_of.setdefault(pole, []).append(tag)
+    out = {}
+    for pole in pole_ids:
+        layers = [found[("tag", t)] for t in sorted(tags_of.get(pole, [])) if ("tag", t) in found]
+        own = found.get(("pole", pole))
+        out[pole] = layers + ([own] if own is not None else [])
+    return out
+
+
+def target_versions(layers: dict[str, list[Overlay]]) -> dict[str, str]:
+    """The target version of each pole; poles with the same layers share one computation."""
+    done: dict[tuple[tuple[str, str], ...], str] = {}
+    out = {}
+    for pole, mine in layers.items():
+        key = tuple((o.scope, o.name) for o in mine)
+        if key not in done:
+            done[key] = target_version(mine)
+        out[pole] = done[key]
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSummary:
+    """The fleet's figures for ``/metrics``, from one query."""
+
+    online: int
+    offline: int
+    revoked: int
+    worst_backlog: int
+    worst_oldest_age_s: float
+    worst_clock_skew_s: float  # the largest difference either way
+    config_behind: int  # active poles whose applied version is not their target
+    config_errors: int  # active poles reporting an error applying their configuration
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """Database connections of this process: ``size`` open of at most ``max_size``, ``in_use`` of them busy."""
+
+    size: int
+    max_size: int
+    in_use: int
+
+    @property
+    def idle(self) -> int:
+        return self.size - self.in_use
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _text(value: Any, limit: int) -> str | None:
+    return value[:limit] if isinstance(value, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusFigures:
+    """What the fleet view and metrics read from a pole's status block, kept in columns of their own."""
+
+    config_applied: str | None
+    config_error: str | None
+    backlog: int | None
+    oldest_age_s: float | None
+    clock_skew_s: float | None
+
+    @classmethod
+    def of(cls, status: Mapping[str, Any]) -> StatusFigures:
+        backlog = status.get("backlog")
+        counts = [v for v in backlog.values() if _number(v) is not None] if isinstance(backlog, Mapping) else []
+        clock = status.get("clock")
+        skew = _number(clock.get("skew_s")) if isinstance(clock, Mapping) else None
+        total = int(sum(counts)) if counts else None
+        return cls(
+            _text(status.get("config_version"), 64),
+            _text(status.get("config_error"), 2000),
+            total if total is not None and abs(total) < 2**63 else None,
+            _number(status.get("oldest_age_s")),
+            skew,
+        )
 
 
 class StoreError(Exception):
@@ -123,7 +313,10 @@ class Store(Protocol):
 
     async def add_token(self, token_hash: str, role: str, pole_id: str | None, name: str | None) -> None: ...
 
-    async def revoke_pole(self, pole_id: str) -> int: ...
+    async def revoke_pole(self, pole_id: str) -> int:
+        """Revoke every token of the pole and mark it revoked (its events and history stay); how
+        many tokens were active."""
+        ...
 
     async def list_tokens(self) -> list[TokenRecord]: ...
 
@@ -149,9 +342,53 @@ class Store(Protocol):
 
     async def query_events(self, query: EventQuery) -> EventPage: ...
 
-    async def poles(self) -> list[PoleState]: ...
+    async def poles(self) -> list[PoleState]:
+        """Every pole, by id."""
+        ...
 
     async def count_online(self, since: float) -> int: ...
+
+    # The fleet registry and remote configuration.
+
+    async def register_pole(
+        self,
+        pole_id: str,
+        token_hash: str,
+        now: float,
+        name: str | None = None,
+        lat: float | None = None,
+        lon: float | None = None,
+        tags: list[str] | None = None,
+    ) -> bool:
+        """Register a new pole with its first token; False (nothing written) if the pole exists."""
+        ...
+
+    async def get_pole(self, pole_id: str) -> PoleState | None: ...
+
+    async def list_poles(self, query: PoleQuery) -> PolePage: ...
+
+    async def update_pole(self, pole_id: str, changes: PoleChanges) -> PoleState | None:
+        """Apply ``changes``; new tags move the pole's target config version. None if no such pole."""
+        ...
+
+    async def set_pole_tags(self, pole_id: str, tags: list[str]) -> None: ...
+
+    async def set_overlay(
+        self, scope: Scope, name: str, overlay: dict[str, Any] | None, now: float, by: str | None
+    ) -> dict[str, str]:
+        """Store (or with None, remove) the overlay of a pole or a tag and move the target version
+        of every pole it reaches; {pole id: its new target version}."""
+        ...
+
+    async def get_overlay(self, scope: Scope, name: str) -> Overlay | None: ...
+
+    async def pole_overlays(self, pole_id: str) -> list[Overlay]:
+        """The layers of a pole's effective overlay, in merge order: its tags' by tag name, then its own."""
+        ...
+
+    async def fleet_summary(self, online_since: float) -> FleetSummary: ...
+
+    def pool_stats(self) -> PoolStats: ...
 
 
 def event_row(event: WireEvent) -> tuple[Any, ...]:

@@ -16,18 +16,31 @@ import asyncpg
 import orjson
 
 from receiver.store.base import (
+    POLE_COLUMNS,
     EventPage,
     EventQuery,
+    FleetSummary,
     InsertResult,
+    Overlay,
+    PoleChanges,
+    PolePage,
+    PoleQuery,
     PoleState,
+    PoolStats,
+    Scope,
+    StatusFigures,
     StoreError,
     TokenInfo,
     TokenRecord,
     event_row,
+    layers_by_pole,
+    pole_state,
     public_event,
     refused_by_database,
+    target_versions,
     token_id_of,
 )
+from sync.overlays import overlay_version
 from sync.protocol import Rejection, WireEvent
 
 # Errors in the values of one event (class 22, "data exception": NUL in text, bigint overflow...,
@@ -100,7 +113,55 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE UNIQUE INDEX tokens_by_id ON tokens (token_id)",
         "ALTER TABLE tokens ADD COLUMN last_used_at DOUBLE PRECISION",
     ],
+    4: [
+        "ALTER TABLE tokens DROP CONSTRAINT tokens_role_check",
+        "ALTER TABLE tokens ADD CONSTRAINT tokens_role_check CHECK (role IN ('pole', 'reader', 'admin'))",
+        "ALTER TABLE poles ADD COLUMN name TEXT",
+        "ALTER TABLE poles ADD COLUMN lat DOUBLE PRECISION",
+        "ALTER TABLE poles ADD COLUMN lon DOUBLE PRECISION",
+        "ALTER TABLE poles ADD COLUMN first_seen DOUBLE PRECISION",
+        "ALTER TABLE poles ADD COLUMN revoked_at DOUBLE PRECISION",
+        "ALTER TABLE poles ADD COLUMN config_target TEXT NOT NULL DEFAULT '0'",
+        "ALTER TABLE poles ADD COLUMN config_applied TEXT",
+        "ALTER TABLE poles ADD COLUMN config_error TEXT",
+        "ALTER TABLE poles ADD COLUMN backlog BIGINT",
+        "ALTER TABLE poles ADD COLUMN oldest_age_s DOUBLE PRECISION",
+        "ALTER TABLE poles ADD COLUMN clock_skew_s DOUBLE PRECISION",
+        "UPDATE poles SET first_seen = last_seen",  # the best known: first contact is not older than that
+        # Poles whose every token was revoked before this version are revoked poles.
+        "UPDATE poles SET revoked_at = (SELECT max(t.revoked_at) FROM tokens t WHERE t.pole_id = poles.pole_id)"
+        " WHERE EXISTS (SELECT 1 FROM tokens t WHERE t.pole_id = poles.pole_id)"
+        " AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.pole_id = poles.pole_id AND t.revoked_at IS NULL)",
+        # The same table as analytics' migration 3 (either may come first).
+        "CREATE TABLE IF NOT EXISTS pole_tags (pole_id TEXT NOT NULL, tag TEXT NOT NULL, PRIMARY KEY (tag, pole_id))",
+        "CREATE INDEX IF NOT EXISTS pole_tags_by_pole ON pole_tags (pole_id)",
+        """CREATE TABLE config_overlays (
+            scope TEXT NOT NULL CHECK (scope IN ('pole', 'tag')),
+            name TEXT NOT NULL,
+            overlay JSONB NOT NULL,
+            version TEXT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            updated_by TEXT,
+            PRIMARY KEY (scope, name)
+        )""",
+    ],
 }
+
+# Any constant: changes of remote configuration and tags serialise on it, so two admins changing a
+# tag's overlay and a pole's tags at once cannot leave the pole with a stale target version.
+_CONFIG_LOCK = 0x5350_0004
+
+# The pole's row, with a batch: last (and first) contact, and its status block when it has one.
+_TOUCH_POLE = (
+    "UPDATE poles SET last_seen = $2, first_seen = coalesce(first_seen, $2), last_batch_id = $3,"
+    " max_seq = greatest(max_seq, $4), events_total = events_total + $5 WHERE pole_id = $1 RETURNING config_target"
+)
+_TOUCH_POLE_WITH_STATUS = (
+    "UPDATE poles SET last_seen = $2, first_seen = coalesce(first_seen, $2), last_batch_id = $3,"
+    " max_seq = greatest(max_seq, $4), events_total = events_total + $5, status = $6::jsonb,"
+    " config_applied = $7, config_error = $8, backlog = $9, oldest_age_s = $10, clock_skew_s = $11"
+    " WHERE pole_id = $1 RETURNING config_target"
+)
 
 _TOKEN_COLUMNS = "token_id, role, pole_id, name, created_at, last_used_at, revoked_at"
 
@@ -204,6 +265,7 @@ class PostgresStore:
                     await conn.execute(
                         "INSERT INTO poles (pole_id, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING", pole_id, now
                     )
+                    await conn.execute("UPDATE poles SET revoked_at = NULL WHERE pole_id = $1", pole_id)
                 await conn.execute(
                     "INSERT INTO tokens (token_hash, token_id, role, pole_id, name, created_at)"
                     " VALUES ($1, $2, $3, $4, $5, $6)",
@@ -217,9 +279,14 @@ class PostgresStore:
 
     async def revoke_pole(self, pole_id: str) -> int:
         with _available():
-            result = await self._pool.execute(
-                "UPDATE tokens SET revoked_at = $1 WHERE pole_id = $2 AND revoked_at IS NULL", time.time(), pole_id
-            )
+            now = time.time()
+            async with self._pool.acquire() as conn, conn.transaction():
+                result = await conn.execute(
+                    "UPDATE tokens SET revoked_at = $1 WHERE pole_id = $2 AND revoked_at IS NULL", now, pole_id
+                )
+                await conn.execute(
+                    "UPDATE poles SET revoked_at = coalesce(revoked_at, $1) WHERE pole_id = $2", now, pole_id
+                )
             return int(result.split()[-1])
 
     async def list_tokens(self) -> list[TokenRecord]:
@@ -269,16 +336,21 @@ class PostgresStore:
                             rejected.append(Rejection(id=event.id, reason=refused_by_database(exc)))
                 refused = {r.id for r in rejected}
                 kept = [e for e in events if e.id not in refused]
-                await conn.execute(
-                    "UPDATE poles SET last_seen = $2, last_batch_id = $3, max_seq = greatest(max_seq, $4),"
-                    " events_total = events_total + $5, status = coalesce($6::jsonb, status) WHERE pole_id = $1",
-                    pole_id,
-                    now,
-                    batch_id,
-                    max((e.seq for e in kept), default=0),
-                    len(inserted),
-                    status,
-                )
+                touched = (pole_id, now, batch_id, max((e.seq for e in kept), default=0), len(inserted))
+                if status is None:
+                    target = await conn.fetchval(_TOUCH_POLE, *touched)
+                else:
+                    figures = StatusFigures.of(status)
+                    target = await conn.fetchval(
+                        _TOUCH_POLE_WITH_STATUS,
+                        *touched,
+                        status,
+                        figures.config_applied,
+                        figures.config_error,
+                        figures.backlog,
+                        figures.oldest_age_s,
+                        figures.clock_skew_s,
+                    )
                 shas = sorted({sha for e in kept for sha in e.media})
                 have = (
                     {r[0] for r in await conn.fetch("SELECT sha256 FROM media WHERE sha256 = any($1::text[])", shas)}
@@ -292,6 +364,7 @@ class PostgresStore:
             duplicates=[e.id for e in kept if e.id not in inserted],
             missing_media=[s for s in shas if s not in have],
             rejected=rejected,
+            config_target=target,
         )
 
     @staticmethod
@@ -335,12 +408,200 @@ class PostgresStore:
             return EventPage([public_event(*r[1:]) for r in rows], rows[-1][0] if more else None)
 
     async def poles(self) -> list[PoleState]:
-        with _available():
-            rows = await self._pool.fetch(
-                "SELECT pole_id, last_seen, max_seq, events_total, status FROM poles ORDER BY pole_id"
-            )
-            return [PoleState(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        out: list[PoleState] = []
+        after = None
+        while True:
+            page = await self.list_poles(PoleQuery(after=after, limit=1000))
+            out += page.poles
+            if page.next_cursor is None:
+                return out
+            after = page.next_cursor
 
     async def count_online(self, since: float) -> int:
         with _available():
             return int(await self._pool.fetchval("SELECT count(*) FROM poles WHERE last_seen >= $1", since))
+
+    # ------------------------------------------------------------------ fleet registry
+
+    @staticmethod
+    async def _poles_where(conn: Any, where: str, *params: Any) -> list[PoleState]:
+        rows = await conn.fetch(f"SELECT {POLE_COLUMNS} FROM poles WHERE {where}", *params)
+        if not rows:
+            return []
+        tags: dict[str, list[str]] = {}
+        for pole, tag in await conn.fetch(
+            "SELECT pole_id, tag FROM pole_tags WHERE pole_id = any($1::text[]) ORDER BY tag", [r[0] for r in rows]
+        ):
+            tags.setdefault(pole, []).append(tag)
+        return [pole_state(r, r[4], tags.get(r[0], [])) for r in rows]
+
+    async def register_pole(
+        self,
+        pole_id: str,
+        token_hash: str,
+        now: float,
+        name: str | None = None,
+        lat: float | None = None,
+        lon: float | None = None,
+        tags: list[str] | None = None,
+    ) -> bool:
+        with _available():
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _CONFIG_LOCK)
+                result = await conn.execute(
+                    "INSERT INTO poles (pole_id, created_at, name, lat, lon) VALUES ($1, $2, $3, $4, $5)"
+                    " ON CONFLICT DO NOTHING",
+                    pole_id,
+                    now,
+                    name,
+                    lat,
+                    lon,
+                )
+                if not result.endswith(" 1"):
+                    return False
+                await conn.execute(
+                    "INSERT INTO tokens (token_hash, token_id, role, pole_id, name, created_at)"
+                    " VALUES ($1, $2, 'pole', $3, NULL, $4)",
+                    token_hash,
+                    token_id_of(token_hash),
+                    pole_id,
+                    now,
+                )
+                if tags:
+                    await self._set_tags(conn, pole_id, tags)
+                return True
+
+    async def get_pole(self, pole_id: str) -> PoleState | None:
+        with _available():
+            found = await self._poles_where(self._pool, "pole_id = $1", pole_id)
+            return found[0] if found else None
+
+    async def list_poles(self, query: PoleQuery) -> PolePage:
+        with _available():
+            where, params = [], []
+            for sql, value in query.conditions():
+                if "{}" in sql:
+                    params.append(value)
+                    sql = sql.format(f"${len(params)}")
+                where.append(sql)
+            params.append(query.limit + 1)
+            clause = " AND ".join(where) or "true"
+            poles = await self._poles_where(self._pool, f"{clause} ORDER BY pole_id LIMIT ${len(params)}", *params)
+            more = len(poles) > query.limit
+            poles = poles[: query.limit]
+            return PolePage(poles, poles[-1].pole_id if more else None)
+
+    async def update_pole(self, pole_id: str, changes: PoleChanges) -> PoleState | None:
+        with _available():
+            async with self._pool.acquire() as conn, conn.transaction():
+                if changes.tags is not None:
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", _CONFIG_LOCK)
+                if await conn.fetchval("SELECT 1 FROM poles WHERE pole_id = $1 FOR UPDATE", pole_id) is None:
+                    return None
+                fields = {k: v for k, v in changes.fields.items() if k in ("name", "lat", "lon")}
+                if fields:
+                    assignments = ", ".join(f"{k} = ${n}" for n, k in enumerate(fields, 2))
+                    await conn.execute(f"UPDATE poles SET {assignments} WHERE pole_id = $1", pole_id, *fields.values())
+                if changes.tags is not None:
+                    await self._set_tags(conn, pole_id, changes.tags)
+            return await self.get_pole(pole_id)
+
+    async def set_pole_tags(self, pole_id: str, tags: list[str]) -> None:
+        with _available():
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _CONFIG_LOCK)
+                await self._set_tags(conn, pole_id, tags)
+
+    async def _set_tags(self, conn: asyncpg.Connection, pole_id: str, tags: list[str]) -> None:
+        await conn.execute("DELETE FROM pole_tags WHERE pole_id = $1", pole_id)
+        if tags:
+            await conn.executemany(
+                "INSERT INTO pole_tags (pole_id, tag) VALUES ($1, $2)", [(pole_id, t) for t in sorted(set(tags))]
+            )
+        await self._retarget(conn, [pole_id])
+
+    @staticmethod
+    async def _layers_of(conn: Any, pole_ids: list[str]) -> dict[str, list[Overlay]]:
+        """The layers of each pole's effective overlay, in merge order: two queries for any number of poles."""
+        tags = await conn.fetch("SELECT pole_id, tag FROM pole_tags WHERE pole_id = any($1::text[])", pole_ids)
+        rows = await conn.fetch(
+            "SELECT scope, name, overlay, version, updated_at, updated_by FROM config_overlays"
+            " WHERE (scope = 'pole' AND name = any($1::text[]))"
+            " OR (scope = 'tag' AND name IN (SELECT tag FROM pole_tags WHERE pole_id = any($1::text[])))",
+            pole_ids,
+        )
+        return layers_by_pole(pole_ids, [(r[0], r[1]) for r in tags], [Overlay(*r) for r in rows])
+
+    async def _retarget(self, conn: asyncpg.Connection, pole_ids: list[str]) -> dict[str, str]:
+        """Recompute the target version of ``pole_ids`` from their layers, in the caller's transaction."""
+        targets = target_versions(await self._layers_of(conn, pole_ids))
+        if targets:
+            await conn.executemany("UPDATE poles SET config_target = $2 WHERE pole_id = $1", list(targets.items()))
+        return targets
+
+    async def set_overlay(
+        self, scope: Scope, name: str, overlay: dict[str, Any] | None, now: float, by: str | None
+    ) -> dict[str, str]:
+        with _available():
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _CONFIG_LOCK)
+                if overlay is None:
+                    await conn.execute("DELETE FROM config_overlays WHERE scope = $1 AND name = $2", scope, name)
+                else:
+                    await conn.execute(
+                        "INSERT INTO config_overlays (scope, name, overlay, version, updated_at, updated_by)"
+                        " VALUES ($1, $2, $3::jsonb, $4, $5, $6) ON CONFLICT (scope, name) DO UPDATE SET"
+                        " overlay = excluded.overlay, version = excluded.version, updated_at = excluded.updated_at,"
+                        " updated_by = excluded.updated_by",
+                        scope,
+                        name,
+                        overlay,
+                        overlay_version(overlay),
+                        now,
+                        by,
+                    )
+                if scope == "pole":
+                    reached = [name]
+                else:
+                    reached = [r[0] for r in await conn.fetch("SELECT pole_id FROM pole_tags WHERE tag = $1", name)]
+                return await self._retarget(conn, reached)
+
+    async def get_overlay(self, scope: Scope, name: str) -> Overlay | None:
+        with _available():
+            row = await self._pool.fetchrow(
+                "SELECT scope, name, overlay, version, updated_at, updated_by FROM config_overlays"
+                " WHERE scope = $1 AND name = $2",
+                scope,
+                name,
+            )
+            return None if row is None else Overlay(*row)
+
+    async def pole_overlays(self, pole_id: str) -> list[Overlay]:
+        with _available():
+            return (await self._layers_of(self._pool, [pole_id]))[pole_id]
+
+    async def fleet_summary(self, online_since: float) -> FleetSummary:
+        with _available():
+            row = await self._pool.fetchrow(
+                "SELECT"
+                " count(*) FILTER (WHERE revoked_at IS NULL AND last_seen >= $1),"
+                " count(*) FILTER (WHERE revoked_at IS NULL AND coalesce(last_seen < $1, true)),"
+                " count(*) FILTER (WHERE revoked_at IS NOT NULL),"
+                " coalesce(max(backlog) FILTER (WHERE revoked_at IS NULL), 0),"
+                " coalesce(max(oldest_age_s) FILTER (WHERE revoked_at IS NULL), 0),"
+                " coalesce(max(abs(clock_skew_s)) FILTER (WHERE revoked_at IS NULL), 0),"
+                " count(*) FILTER (WHERE revoked_at IS NULL AND config_applied IS DISTINCT FROM config_target"
+                "  AND config_applied IS NOT NULL),"
+                " count(*) FILTER (WHERE revoked_at IS NULL AND config_error IS NOT NULL)"
+                " FROM poles",
+                online_since,
+            )
+            assert row is not None
+            return FleetSummary(
+                int(row[0]), int(row[1]), int(row[2]), int(row[3]), float(row[4]), float(row[5]), row[6], row[7]
+            )
+
+    def pool_stats(self) -> PoolStats:
+        pool = self._pool
+        size = pool.get_size()
+        return PoolStats(size=size, max_size=pool.get_max_size(), in_use=size - pool.get_idle_size())

@@ -106,6 +106,29 @@ class UplinkConfig(BaseModel):
         description="kind 'mqtt': the broker password of this pole (its user name is the pole id); defaults to the "
         "token. SMARTPOLE_UPLINK_PASSWORD overrides it.",
     )
+    config_url: str | None = Field(
+        None,
+        description="Base URL of the receiver to fetch remote configuration from (GET /v1/poles/{id}/config with "
+        "the token); default: url for kind 'http', mqtt.media_url for kind 'mqtt'. The TLS rule of url applies.",
+    )
+
+    @field_validator("config_url")
+    @classmethod
+    def _config_url_tls(cls, url: str | None, info: ValidationInfo) -> str | None:
+        if url is None:
+            return None
+        problem = insecure_url_problem(url)
+        if problem is not None and not (info.data.get("allow_insecure") and url.lower().startswith("http://")):
+            raise ValueError(problem)
+        return url
+
+    def remote_config_url(self) -> str | None:
+        """Where remote configuration is fetched from (an HTTP receiver), if anywhere."""
+        if self.config_url is not None:
+            return self.config_url
+        if self.kind == "http":
+            return self.url
+        return self.mqtt.media_url if self.kind == "mqtt" else None
 
     def in_flight(self) -> int:
         return self.max_in_flight or (4 if self.kind == "mqtt" else 1)

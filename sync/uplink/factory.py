@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sync.outbox import Outbox
 from sync.uplink.base import Uplink, UplinkConfig
 from sync.uplink.http import HttpTransport
@@ -10,11 +12,20 @@ from sync.uplink.sender import BatchUplink, StatusProvider
 from sync.uplink.simulated import SimulatedUplink
 
 
-def build_uplink(outbox: Outbox, config: UplinkConfig, pole_id: str, status: StatusProvider) -> Uplink:
-    """The uplink ``config.kind`` names, not yet running."""
+def build_uplink(
+    outbox: Outbox,
+    config: UplinkConfig,
+    pole_id: str,
+    status: StatusProvider,
+    on_config_version: Callable[[str], None] | None = None,
+) -> Uplink:
+    """The uplink ``config.kind`` names, not yet running; ``on_config_version`` hears the target
+    config version every receiver reply carries."""
     if config.kind == "simulated":
         return SimulatedUplink(outbox, config)
     if config.kind == "mqtt":
-        return BatchUplink(outbox, config, pole_id, status, MqttTransport(config, pole_id))
+        transport = MqttTransport(config, pole_id)
+        return BatchUplink(outbox, config, pole_id, status, transport, on_config_version)
     token = config.token.get_secret_value() if config.token is not None else None
-    return BatchUplink(outbox, config, pole_id, status, HttpTransport(config.url, token, config.timeout_s))
+    http = HttpTransport(config.url, token, config.timeout_s)
+    return BatchUplink(outbox, config, pole_id, status, http, on_config_version)

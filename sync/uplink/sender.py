@@ -76,9 +76,17 @@ class BatchUplink:
     """Drains the outbox to a receiver through ``transport``; one per pole, started with ``run``."""
 
     def __init__(
-        self, outbox: Outbox, config: UplinkConfig, pole_id: str, status: StatusProvider, transport: Transport
+        self,
+        outbox: Outbox,
+        config: UplinkConfig,
+        pole_id: str,
+        status: StatusProvider,
+        transport: Transport,
+        on_config_version: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_config_version`` hears the target config version of every reply that carries one."""
         self.outbox = outbox
+        self.on_config_version = on_config_version
         self.config = config
         self.pole_id = pole_id
         self.status = status
@@ -278,6 +286,8 @@ class BatchUplink:
         self.state.events_sent += len(reply.accepted)
         self.state.last_success = time.time()
         self.state.remote_config_version = reply.config_version
+        if reply.config_version is not None and self.on_config_version is not None:
+            self.on_config_version(reply.config_version)
         return _Settlement(
             [r.seq for r in records],
             reply.accepted + reply.duplicates,
