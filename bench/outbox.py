@@ -20,7 +20,9 @@ page-cache page each time a clean page is dirtied, which is what later goes to
 the block device; file-system metadata (the ext4 journal) is written by kernel
 threads and is not in it. On tmpfs or overlay file systems it reads 0: ``--dir``
 must then name a directory on a real disk (the default is the current directory).
-``payload_bytes_per_event`` is the events' wire JSON plus their media.
+``payload_bytes_per_event`` is the events' wire JSON plus their media, and
+``outbox_written_bytes_per_event`` the outbox's own count (``Outbox.written_bytes``)
+over the same span, which should agree.
 
 The last line printed is one JSON object.
 """
@@ -43,7 +45,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sync.events import NewEvent, Priority  # noqa: E402
-from sync.outbox import _INSERT_EVENT, _SCHEMA, Outbox, OutboxConfig  # noqa: E402
+from sync.outbox import _INSERT_EVENT, _SCHEMA, PAGE_SIZE, Outbox, OutboxConfig  # noqa: E402
 
 
 def sample_event(i: int) -> NewEvent:
@@ -101,14 +103,17 @@ def jpeg_like(i: int, size: int = 50_000) -> bytes:
 async def run_wear(path: Path, mode: str, seconds: float, rate: float, media_every: int) -> dict[str, object]:
     outbox = await Outbox.open(path, OutboxConfig(durability=mode))
     written0 = io_written()
+    counted0 = outbox.written_bytes
     payload = 0
     acked = 0
     puts: set[asyncio.Task[object]] = set()
 
     async def uplink() -> None:
         nonlocal payload, acked
+        tick = loop.time()
         while True:
-            await asyncio.sleep(1.0)
+            tick += 1.0  # on the second, however long the last acknowledgement took to commit
+            await asyncio.sleep(max(0.0, tick - loop.time()))
             batch = await outbox.next_batch(1000, 1_000_000)
             for record in batch:
                 payload += len(record.body)
@@ -117,8 +122,8 @@ async def run_wear(path: Path, mode: str, seconds: float, rate: float, media_eve
                     payload += len(blob or b"")
             acked += await outbox.ack([r.id for r in batch])
 
-    sender = asyncio.create_task(uplink())
     loop = asyncio.get_running_loop()
+    sender = asyncio.create_task(uplink())
     start = loop.time()
     n = int(seconds * rate)
     for i in range(n):
@@ -137,6 +142,7 @@ async def run_wear(path: Path, mode: str, seconds: float, rate: float, media_eve
     commits = outbox.commits
     await outbox.close()
     written = io_written() - written0
+    counted = outbox.written_bytes
     if written <= 0:
         raise SystemExit(f"/proc/self/io counted no writes under {path.parent}: use --dir on a real disk")
     return {
@@ -151,17 +157,20 @@ async def run_wear(path: Path, mode: str, seconds: float, rate: float, media_eve
         "bytes_written_per_event": round(written / n),
         "payload_bytes_per_event": round(payload / n),
         "ratio": round(written / payload, 2),
+        # The outbox's own count over the same span, for comparison: it should agree.
+        "outbox_written_bytes_per_event": None if counted is None or counted0 is None else round((counted - counted0) / n),
     }
 
 
 def run_raw(path: Path, mode: str, events: int) -> float:
     con = sqlite3.connect(path, isolation_level=None)
+    con.execute(f"PRAGMA page_size={PAGE_SIZE}")
     con.execute("PRAGMA journal_mode=WAL")
     con.execute(f"PRAGMA synchronous={'FULL' if mode == 'full' else 'NORMAL'}")
     con.executescript(_SCHEMA)
-    body = json.dumps({"id": "x", "seq": 0, "data": sample_event(1).data})
+    body = json.dumps({"id": "0190c0de-0000-7000-8000-000000000000", "seq": 0, "data": sample_event(1).data})
     rows = [
-        (i, f"0190c0de-0000-7000-8000-{i:012d}", 1, "presence", time.time(), len(body), body, None)
+        (1 << 56 | i, time.time(), len(body), body, None)
         for i in range(1, events + 1)
     ]
     t0 = time.perf_counter()
