@@ -16,10 +16,12 @@ an idle writer commits at most once per ``commit_interval_ms``: what arrives
 within the window waits and shares the next commit, together with the
 uplink's acknowledgements. A put therefore waits at most the window longer than
 it used to. The window does not apply when waiting would only add latency:
-once ``commit_at_once_events`` puts are waiting (such a rate makes big groups
-anyway; a fast group being written is then followed at once by the next, as
-before), once an uplink draining a backlog acknowledges hundreds of ids, when an
-alert is waiting (``commit_alerts_at_once``) and when closing.
+when puts come so fast that the window would bring more than a group holds (a
+crowd of producers each awaiting its put, a big ``put_many``: at least
+``commit_at_once_events`` waiting; then, as before, a fast group being written
+is followed at once by the next), when an uplink draining a backlog acknowledges
+hundreds of ids, when an alert is waiting (``commit_alerts_at_once``) and when
+closing.
 
 How a group is committed. The common case (no media, room under the cap, no
 acknowledgement waiting) is a single multi-row ``INSERT`` on a connection in
@@ -219,9 +221,9 @@ class OutboxConfig(BaseModel):
         32,
         ge=1,
         description=(
-            "Puts waiting from which the outbox commits without waiting for the window: at such a rate groups"
-            " are big anyway, and waiting would only add latency (concurrent producers fewer than this share"
-            " one commit per window)."
+            "Puts waiting from which the outbox may commit before the window ends: it does when they came so fast"
+            " that the window would bring more than group_max_events (a crowd of producers each awaiting its put,"
+            " a big put_many). Fewer concurrent producers than this share one commit per window."
         ),
     )
     commit_alerts_at_once: bool = Field(
@@ -273,8 +275,9 @@ class DeadLetter:
 class OutboxStats:
     """A snapshot of the outbox for the status page, metrics and the sync status block.
 
-    ``written_bytes`` is what the outbox has sent to the block device since it was
-    opened (see :attr:`Outbox.written_bytes`), None where the kernel does not count it.
+    ``file_bytes`` is the database and its JPEG files; ``written_bytes`` what the outbox
+    has sent to the block device since it was opened (see :attr:`Outbox.written_bytes`),
+    None where the kernel does not count it.
     """
 
     depth: dict[str, int]
@@ -334,7 +337,7 @@ class _Tx:
     freed: list[tuple[Priority, int]] = field(default_factory=list)
     released: list[str] = field(default_factory=list)  # media references of the deleted rows
     added: list[str] = field(default_factory=list)  # media references of the inserted rows
-    new_files: list[str] = field(default_factory=list)
+    new_files: dict[str, int] = field(default_factory=dict)  # sha256 -> size of the JPEG files it wrote
     inserted: int = 0  # position of the newest row inserted, 0 if none
     seq_mark: int = 0  # the high-water mark written to meta, 0 if not
 
@@ -467,10 +470,18 @@ def _read_file(path: Path) -> bytes | None:
         return None
 
 
-def _remove_orphans(directory: Path, referenced: Collection[str]) -> None:
-    """Remove the files no committed row references: a crash between writing them and committing, or
-    between committing a row's deletion and removing them."""
-    _remove_files(directory, [entry.name for entry in os.scandir(directory) if entry.name not in referenced])
+def _remove_orphans(directory: Path, referenced: Collection[str]) -> dict[str, int]:
+    """Remove the files no committed row references (a crash between writing them and committing, or
+    between committing a row's deletion and removing them); returns the sizes of the others."""
+    kept: dict[str, int] = {}
+    orphans: list[str] = []
+    for entry in os.scandir(directory):
+        if entry.name in referenced:
+            kept[entry.name] = entry.stat().st_size
+        else:
+            orphans.append(entry.name)
+    _remove_files(directory, orphans)
+    return kept
 
 
 class Outbox:
@@ -497,6 +508,7 @@ class Outbox:
         self._ack_ids = 0  # ids waiting in self._acks
         self._urgent = False  # an alert is waiting and may not wait for the window
         self._window_ends = 0.0  # loop time before which an idle writer gathers rather than commits
+        self._gathering_since = 0.0  # loop time the oldest waiting put arrived, or the last commit left
         self._wake = asyncio.Event()
         self._new = asyncio.Event()  # set by every commit, for the one consumer that syncs
         self._closing = False
@@ -507,6 +519,7 @@ class Outbox:
         self._newest = 0  # position of the newest event inserted, 0 if unknown
         self._sent: dict[str, int] = {}  # id -> position, for the events next_batch handed out
         self._media_refs: dict[str, int] = {}  # sha256 -> committed rows referencing its file
+        self._media_sizes: dict[str, int] = {}  # sha256 -> size of its file
         self._count = {p: 0 for p in Priority}
         self._bytes = {p: 0 for p in Priority}
         self._writer_tid: int | None = None  # native id of the writer connection's thread
@@ -579,7 +592,7 @@ class Outbox:
             async for (refs,) in cur:
                 for sha in refs.split():
                     self._media_refs[sha] = self._media_refs.get(sha, 0) + 1
-        await asyncio.to_thread(_remove_orphans, self.media_dir, self._media_refs)
+        self._media_sizes = await asyncio.to_thread(_remove_orphans, self.media_dir, self._media_refs)
         self._reader = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True)
         await self._reader.execute("PRAGMA query_only=ON")
 
@@ -719,16 +732,31 @@ class Outbox:
         return pending
 
     def _enqueue(self, pending: _Pending) -> asyncio.Future[Accepted]:
-        pending.future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        pending.future = loop.create_future()
+        if not self._pending:
+            self._gathering_since = loop.time()
         self._pending.append(pending)
         if pending.priority is Priority.ALERT and self.config.commit_alerts_at_once:
             self._urgent = True
         self._wake.set()
         return pending.future
 
-    def _due(self, loop: asyncio.AbstractEventLoop, busy: bool) -> bool:
-        """Whether the writer commits what waits now rather than gather more within the window."""
-        return busy or self._urgent or self._closing or loop.time() >= self._window_ends
+    def _busy(self, now: float) -> bool:
+        """Whether what waits comes so fast that waiting for the window would only add latency.
+
+        That is when ``commit_at_once_events`` puts are waiting and, at the rate they came
+        since gathering began, the rest of the window would bring more than a group holds:
+        a crowd of producers each awaiting its put, or a big ``put_many``. A steady trickle
+        of puts, even at several times a pole's rate, waits and fills one commit per window.
+        """
+        if self._ack_ids >= _ACKS_AT_ONCE:
+            return True
+        waiting = len(self._pending)
+        if waiting < self.config.commit_at_once_events:
+            return False
+        gathering = now - self._gathering_since
+        return waiting * (gathering + max(0.0, self._window_ends - now)) >= self.config.group_max_events * gathering
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -748,14 +776,16 @@ class Outbox:
                 self._slot.clear()
                 await self._slot.wait()
                 continue
-            busy = len(self._pending) >= self.config.commit_at_once_events or self._ack_ids >= _ACKS_AT_ONCE
-            if not self._due(loop, busy):
+            now = loop.time()
+            busy = self._busy(now)
+            if not (busy or self._urgent or self._closing or now >= self._window_ends):
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout_at(self._window_ends):
                         await self._wake.wait()
                 continue
-            self._window_ends = loop.time() + self.config.commit_interval_ms / 1000
+            self._window_ends = now + self.config.commit_interval_ms / 1000
+            self._gathering_since = now  # for what is left behind, and what comes next
             take = len(self._pending)
             if busy and not self._inflight and take >= _SPLIT_AT:
                 # An idle connection and a crowd of producers: send half now and
@@ -892,7 +922,7 @@ class Outbox:
                 if sha not in self._media_refs:
                     blobs[sha] = data
         if blobs:
-            tx.new_files.extend(blobs)
+            tx.new_files.update((sha, len(data)) for sha, data in blobs.items())
             await self._write_media(blobs)
 
     async def _write_media(self, blobs: dict[str, bytes]) -> None:
@@ -948,6 +978,7 @@ class Outbox:
 
     async def _apply_media(self, tx: _Tx) -> None:
         refs = self._media_refs
+        self._media_sizes.update(tx.new_files)
         for sha in tx.added:
             refs[sha] = refs.get(sha, 0) + 1
         gone = []
@@ -957,6 +988,7 @@ class Outbox:
                 refs[sha] = left
             else:
                 refs.pop(sha, None)
+                self._media_sizes.pop(sha, None)
                 gone.append(sha)
         if gone:
             await asyncio.to_thread(_remove_files, self.media_dir, gone)
@@ -1262,7 +1294,8 @@ class Outbox:
             oldest_age_s=None if oldest is None else max(0.0, time.time() - oldest),
             evicted=evicted,
             dead_letters=int(dead[0]) if dead else 0,
-            file_bytes=int(pages[0]) * int(page_size[0]) if pages and page_size else 0,
+            file_bytes=(int(pages[0]) * int(page_size[0]) if pages and page_size else 0)
+            + sum(self._media_sizes.values()),
             next_seq=self._next_seq,
             durability=self.config.durability,
             written_bytes=self.written_bytes,

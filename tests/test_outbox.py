@@ -168,6 +168,7 @@ async def test_media_is_stored_by_sha256_and_released(outbox: Outbox) -> None:
     sha = hashlib.sha256(jpeg).hexdigest()
     a = await outbox.put(ev(1, Priority.MEDIA, media=(jpeg,)))
     b = await outbox.put(ev(2, Priority.MEDIA, media=(jpeg,)))
+    held = (await outbox.stats()).file_bytes
     (rec, _) = await outbox.next_batch(10, 10**6)
     assert rec.media == (sha,) and f'"media":["{sha}"]' in rec.body
     assert await outbox.media(sha) == jpeg
@@ -176,6 +177,7 @@ async def test_media_is_stored_by_sha256_and_released(outbox: Outbox) -> None:
     await outbox.ack([b.id])
     assert await outbox.media(sha) is None
     assert not (outbox.media_dir / sha).exists(), "the file goes with the last event that references it"
+    assert (await outbox.stats()).file_bytes == held - len(jpeg), "file_bytes counts the JPEG files, once each"
     assert await outbox.media("../outbox.db") is None, "only the JPEGs it holds, by their sha256"
 
 
