@@ -47,9 +47,9 @@ Layout of the file (schema version 2), chosen to write few pages per event:
   transaction that deletes the newest event (otherwise the table itself holds
   the highest seq), so ``seq`` never goes back after a restart.
 - Pages of 1 KiB: each commit rewrites the partly filled pages at the tail and
-  head of each priority, and smaller pages waste less of them (measured: 1 KiB
-  pages write ~20% less per event than 2 KiB and half as much as 4 KiB at a
-  pole's rate). A row over ~1 KB continues in overflow pages of its own.
+  head of each priority, and smaller pages waste less of them (measured at a
+  pole's rate: ~20% less per event than with 2 KiB pages, about half as much as
+  with 4 KiB). A row over ~1 KB continues in overflow pages of its own.
 - The id, seq, priority and type columns are generated from the position and
   the body when read, never stored: fewer bytes per row.
 
