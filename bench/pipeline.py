@@ -108,7 +108,8 @@ async def run_pipeline(video: Path, workdir: Path, threads: int, every_frame: bo
     executor = make_executor(config)
     outbox = await Outbox.open(workdir / "outbox.db", OutboxConfig(durability="full", max_bytes=10**10))
     camera = OpenCVCamera(CameraConfig(name="bench", source=str(video), kind="file", rate="max", at_end="stop"))
-    pipeline = VisionPipeline(camera, parts, config, PlatePolicy(), outbox, executor)
+    # As the daemon runs it: events commit behind the frame loop, in the outbox's default window.
+    pipeline = VisionPipeline(camera, parts, config, PlatePolicy(), outbox, executor, commit_behind=True)
     stop = asyncio.Event()
     start = time.perf_counter()
     await pipeline.run(stop)

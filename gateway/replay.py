@@ -155,7 +155,9 @@ async def _replay(
 ) -> int:
     executor = make_executor(vision)
     with tempfile.TemporaryDirectory(prefix="smartpole-replay-") as tmp:
-        outbox = await Outbox.open(Path(tmp) / "outbox.db", OutboxConfig(durability="normal", max_bytes=2**40))
+        outbox = await Outbox.open(
+            Path(tmp) / "outbox.db", OutboxConfig(durability="normal", max_bytes=2**40, commit_interval_ms=0)
+        )
         sink = _SourceSink(outbox)
         pipeline = VisionPipeline(camera, parts, vision, policy, sink, executor)
         names = [p.name for p in camera.paths] if isinstance(camera, StillImages) else []

@@ -58,6 +58,7 @@ EXPECTED = {
     "smartpole_outbox_oldest_age_seconds": "gauge",
     "smartpole_outbox_evicted": "counter",
     "smartpole_outbox_dead_letters": "gauge",
+    "smartpole_outbox_written_bytes": "counter",
     "smartpole_uplink_batches": "counter",
     "smartpole_uplink_last_success_timestamp_seconds": "gauge",
     "smartpole_uplink_backoff_seconds": "gauge",

@@ -151,7 +151,15 @@ async def test_sigkill_dropped_replies_and_timeouts(database_url: str, tmp_path:
         database_url, tmp_path / "media", port=port, middlewares=[chaos.middleware]
     )
     token = await rx.add_pole("pole-1")
-    pole = PoleProcess(tmp_path, f"http://127.0.0.1:{port}", token, uplink={"max_batch_events": 7})
+    # This client posts one event at a time and waits for each: it gets one per commit window, so a
+    # short window lets it post enough events for the kills and the chaos to land among them.
+    pole = PoleProcess(
+        tmp_path,
+        f"http://127.0.0.1:{port}",
+        token,
+        uplink={"max_batch_events": 7},
+        outbox={"commit_interval_ms": 20},
+    )
     await asyncio.to_thread(pole.start)
     acknowledged: set[str] = set()
     unanswered = 0  # requests the kill cut off: the pole may or may not have committed them

@@ -32,7 +32,7 @@ from hal.sensors.nmea import GpsReading
 from hal.sensors.pms5003 import PmsReading
 from hal.sensors.radar import RadarReading
 from hal.sensors.sensor import SensorReading
-from sync.events import EventSink, NewEvent
+from sync.events import Accepted, EventSink, NewEvent
 
 log = structlog.get_logger(__name__)
 
@@ -81,6 +81,7 @@ class SensorEvents:
         self.fusion = TrafficFusion(traffic, self.emit, location.current, clock)
         self._queue: asyncio.Queue[SensorReading] = asyncio.Queue(queue_size)
         self._pending: deque[NewEvent] = deque()
+        self._writing: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._events: Counter[str] = Counter()
@@ -127,10 +128,14 @@ class SensorEvents:
                 self._handle(reading)
             self._drain_queue()
             self._tick(self._clock())
-            await self._write()
+            # The outbox gathers puts for up to its commit window: readings and ticks go on meanwhile.
+            if self._pending and (self._writing is None or self._writing.done()):
+                self._writing = asyncio.create_task(self._write(), name="sensor-events-write")
 
     async def aclose(self) -> None:
         """At shutdown, after ``run`` is cancelled: handle what is queued, close what is open, write it all."""
+        if self._writing is not None:
+            await asyncio.gather(self._writing, return_exceptions=True)
         self._drain_queue()
         for averager in self._averagers.values():
             self._air_quality(averager.flush())
@@ -176,15 +181,28 @@ class SensorEvents:
             self.fusion.on_pass(speed_pass)
 
     async def _write(self) -> None:
+        """Put what is pending, all in one call (one commit), then whatever came meanwhile."""
         while self._pending:
-            event = self._pending[0]
+            batch = list(self._pending)
+            receipts: list[Accepted | None]
             try:
-                if (await self._sink.put(event)).withheld is None:  # else the event policy kept it out
+                receipts = list(await self._sink.put_many(batch))
+            except Exception:
+                # One bad event fails the whole call before any is queued: put them one by one instead.
+                receipts = [await self._put_one(event) for event in batch]
+            for event, receipt in zip(batch, receipts, strict=True):
+                if receipt is not None and receipt.withheld is None:  # else the event policy kept it out
                     self._events[event.type] += 1
-            except Exception as exc:
-                self._sink_errors[type(exc).__name__] += 1
-                held = self._throttle.allow(f"sink:{type(exc).__name__}")
-                if held is not None:
-                    log.error("sensor event not stored", type=event.type, error=repr(exc), held_back=held)
-            # Removed only after the put returned: an event interrupted by shutdown is put again by aclose.
-            self._pending.popleft()
+            # Removed only after the puts returned: events interrupted by shutdown are put again by aclose.
+            for _ in batch:
+                self._pending.popleft()
+
+    async def _put_one(self, event: NewEvent) -> Accepted | None:
+        try:
+            return await self._sink.put(event)
+        except Exception as exc:
+            self._sink_errors[type(exc).__name__] += 1
+            held = self._throttle.allow(f"sink:{type(exc).__name__}")
+            if held is not None:
+                log.error("sensor event not stored", type=event.type, error=repr(exc), held_back=held)
+            return None

@@ -60,6 +60,7 @@ LocationProvider = Callable[[], Location | None]
 STAGES = ("motion", "detect", "track", "plates", "redact", "encode", "commit", "clip_redact", "clip_encode")
 _FRAME_WAIT_S = 0.5  # longest wait for a frame before the loop reports progress again
 _RECENT = 300
+_MAX_COMMITTING = 64  # frames whose events wait for the outbox's commit at once (commit_behind)
 
 
 class StatsSource(Protocol):
@@ -127,7 +128,13 @@ class VisionPipeline:
         executor: Executor,
         on_plate: PlateCallback | None = None,
         location: LocationProvider | None = None,
+        commit_behind: bool = False,
     ) -> None:
+        """``commit_behind``: hand each frame's events to the sink and go on to the next frame while
+        they commit (the daemon's outbox gathers puts for up to its commit window, a second by
+        default, which the frame loop must not wait for); at most ``_MAX_COMMITTING`` frames' events
+        wait at once, and ``flush`` waits for all of them. Without it (replay, tests) a frame's
+        events are committed before the next frame is read."""
         self.camera = camera
         self.name = camera.name
         self.parts = parts
@@ -152,6 +159,9 @@ class VisionPipeline:
             self.clips = ClipRecorder(config.clips, self.name)
             self.video = VideoRedactor(parts.redactor, config.clips.redaction)
         self._encoding: set[asyncio.Task[None]] = set()
+        self._commit_behind = commit_behind
+        self._committing: set[asyncio.Task[None]] = set()
+        self._commit_slots = asyncio.Semaphore(_MAX_COMMITTING)
         self._clock: tuple[float, float] | None = None  # (stream time, wall time) of the newest frame
         self.last_progress = time.monotonic()
         self._last_full: float | None = None
@@ -308,6 +318,7 @@ class VisionPipeline:
                 self._start_encoding(request)
         if self._encoding:
             await asyncio.gather(*self._encoding)
+        await self._committed()
         if self._clip_encoder is not None:
             self._clip_encoder.shutdown()
             self._clip_encoder = None
@@ -561,6 +572,20 @@ class VisionPipeline:
     async def _emit(self, events: list[NewEvent]) -> None:
         if not events:
             return
+        if not self._commit_behind:
+            await self._commit(events)
+            return
+        await self._commit_slots.acquire()  # a slow outbox slows the frames down rather than queue them without end
+        task = asyncio.create_task(self._commit(events, release=True), name=f"commit:{self.name}")
+        self._committing.add(task)
+        task.add_done_callback(self._committing.discard)
+
+    async def _committed(self) -> None:
+        """Until every frame's events handed to the sink are committed (or failed)."""
+        while self._committing:
+            await asyncio.gather(*self._committing, return_exceptions=True)
+
+    async def _commit(self, events: list[NewEvent], release: bool = False) -> None:
         start = time.perf_counter()
         try:
             accepted = await self.sink.put_many(events)
@@ -570,6 +595,8 @@ class VisionPipeline:
             return
         finally:
             self._time("commit", time.perf_counter() - start)
+            if release:
+                self._commit_slots.release()
         for e, receipt in zip(events, accepted, strict=True):
             if receipt.withheld is not None:
                 continue  # the event policy kept it from the outbox (the sink counts it)

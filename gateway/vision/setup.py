@@ -143,5 +143,8 @@ def build_pipeline(
     on_plate: PlateCallback | None = None,
     location: LocationProvider | None = None,
 ) -> VisionPipeline:
-    """One camera's pipeline (its camera is opened when the pipeline runs)."""
-    return VisionPipeline(open_camera(camera), parts, config, plate_policy, sink, executor, on_plate, location)
+    """One camera's pipeline for the daemon (its camera is opened when the pipeline runs); its events
+    commit behind the frame loop."""
+    return VisionPipeline(
+        open_camera(camera), parts, config, plate_policy, sink, executor, on_plate, location, commit_behind=True
+    )

@@ -85,6 +85,12 @@ class _StatusCollector(Collector):
             "Events the receiver refused, kept for inspection.",
             value=outbox.dead_letters,
         )
+        if outbox.written_bytes is not None:  # None where the kernel keeps no per-thread I/O counts
+            yield CounterMetricFamily(
+                "smartpole_outbox_written_bytes",
+                "Bytes the outbox sent to the storage device since the daemon started (SD card wear).",
+                value=outbox.written_bytes,
+            )
         uplink = s.uplink
         yield _family(
             CounterMetricFamily,

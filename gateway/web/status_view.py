@@ -127,6 +127,11 @@ def build_view(status: PoleStatus) -> dict[str, Any]:
         "outbox_evicted": fmt_counts(outbox.evicted),
         "outbox_dead": str(outbox.dead_letters),
         "outbox_file": f"{fmt_bytes(outbox.file_bytes)} on disk, durability {outbox.durability}",
+        "outbox_written": (
+            "not counted by this kernel"
+            if outbox.written_bytes is None
+            else f"{fmt_bytes(outbox.written_bytes)} since start, {fmt_duration(pole.uptime_s)} ago"
+        ),
         "uplink_state": uplink.state,
         "uplink_last_success": fmt_ago(uplink.last_success, now),
         "uplink_last_error": (
