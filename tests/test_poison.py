@@ -164,6 +164,7 @@ def plant_poison(outbox_path: Path) -> list[str]:
     db = sqlite3.connect(outbox_path)
     try:
         top = db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        priority = 1  # event; the outbox keys a row by priority << 56 | seq (schema 2)
         for n, (seq_text, data_json) in enumerate(
             [
                 ("{seq}", '{"a":"x\\u0000y"}'),
@@ -176,9 +177,10 @@ def plant_poison(outbox_path: Path) -> list[str]:
             body = raw_json_event(seq_text.format(seq=seq), data_json)
             event_id = orjson.loads(body)["id"]
             ids.append(event_id)
+            assert body.startswith(f'{{"id":"{event_id}"'), "the outbox reads the id from the body's start"
             db.execute(
-                "INSERT INTO events (seq, id, priority, type, created, size, body, media) VALUES (?,?,?,?,?,?,?,NULL)",
-                (seq, event_id, 1, "reading", time.time(), len(body), body),
+                "INSERT INTO events (pos, created, size, body, media) VALUES (?, ?, ?, ?, NULL)",
+                (priority << 56 | seq, time.time(), len(body), body),
             )
         db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (top + 10,))
         db.commit()

@@ -66,7 +66,7 @@ def test_summaries_and_counts_are_total(data: dict[str, Any], counts: Any) -> No
 
 
 def extreme_status(x: Any) -> PoleStatus:
-    outbox = OutboxStats({"event": 1}, {"event": 10}, x, x, x, {"cap:media": 1}, 0, x, 2, "full")
+    outbox = OutboxStats({"event": 1}, {"event": 10}, x, x, x, {"cap:media": 1}, 0, x, 2, "full", x)
     return PoleStatus(
         now=time.time(),
         pole=PoleInfo("p", "v", "c", x, x, Location(x, x, "gps"), None),

@@ -34,7 +34,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from sync.bandwidth import TokenBucket
 from sync.events import Priority
-from sync.outbox import Outbox, OutboxRecord
+from sync.outbox import Outbox, OutboxError, OutboxRecord
 from sync.protocol import BatchReply, ErrorReply, compress, encode_batch
 from sync.uplink.base import UplinkConfig, UplinkState
 from sync.uplink.transport import CredentialsRefused, Transport, TransportError
@@ -42,6 +42,7 @@ from sync.uplink.transport import CredentialsRefused, Transport, TransportError
 log = structlog.get_logger("uplink")
 
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
+_SETTLE_AT_STOP_S = 3.0  # within systemd's stop timeout, beyond the outbox's commit window
 
 
 class TransientError(Exception):
@@ -101,6 +102,7 @@ class BatchUplink:
         self._read_lock = asyncio.Lock()
         self._settled: asyncio.Queue[_Settlement] = asyncio.Queue()
         self._last_sent = 0.0
+        self._applying: _Settlement | None = None  # the answers the acker is applying right now
         self.state.warning = config.insecure_warning()
         if self.state.warning is not None:
             log.warning("uplink_insecure", url=config.url, problem=self.state.warning)
@@ -113,11 +115,30 @@ class BatchUplink:
         self._claimed.clear()
         self._acking.clear()
         self._settled = asyncio.Queue()
-        async with self.transport, asyncio.TaskGroup() as tg:
-            tg.create_task(self._ack_loop(), name="uplink-ack")
-            tg.create_task(self._watch_outbox(), name="uplink-watch")
-            for lane in range(self._lanes):
-                tg.create_task(self._lane(lane), name=f"uplink-lane-{lane}")
+        self._applying = None
+        try:
+            async with self.transport, asyncio.TaskGroup() as tg:
+                tg.create_task(self._ack_loop(), name="uplink-ack")
+                tg.create_task(self._watch_outbox(), name="uplink-watch")
+                for lane in range(self._lanes):
+                    tg.create_task(self._lane(lane), name=f"uplink-lane-{lane}")
+        finally:
+            await self._settle_at_stop()
+
+    async def _settle_at_stop(self) -> None:
+        """Stopping: the receiver's answers already in hand are applied (within a bound), so what it
+        holds is not sent again at the next start. The outbox may wait up to its commit window."""
+        pending = [] if self._applying is None else [self._applying]
+        while not self._settled.empty():
+            pending.append(self._settled.get_nowait())
+        if not pending:
+            return
+        try:
+            async with asyncio.timeout(_SETTLE_AT_STOP_S):
+                for settlement in pending:
+                    await self._apply(settlement)
+        except (TimeoutError, OutboxError) as exc:
+            log.warning("uplink_answers_not_applied_at_stop", batches=len(pending), error=str(exc) or "timeout")
 
     async def _watch_outbox(self) -> None:
         """The outbox tells one consumer about new commits; every lane may want to know."""
@@ -351,7 +372,9 @@ class BatchUplink:
                 settlement.seqs += more.seqs
                 settlement.delivered += more.delivered
                 settlement.rejected.update(more.rejected)
+            self._applying = settlement
             await self._apply(settlement)
+            self._applying = None
             self._acking.difference_update(settlement.seqs)
             self._work.set()
 

@@ -45,6 +45,9 @@ class PoleProcess:
             "pole": {"id": "pole-1"},
             "paths": {"state_dir": workdir / "state"},
             "http": {"port": self.port, "ingest_token": INGEST_TOKEN},
+            # Tests post one event at a time and wait for each: the SD card's one-second commit
+            # window (tests/test_outbox.py covers it) would make every such post wait for it.
+            "outbox": {"commit_interval_ms": 20},
             "uplink": {
                 "url": receiver_url,
                 "bandwidth_bytes_per_s": 0,
