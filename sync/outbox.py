@@ -89,6 +89,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sync import limits
 from sync.events import Accepted, NewEvent, Priority
 from sync.files import DIR_MODE, private_file
+from sync.sqlitetx import rollback
 
 log = structlog.get_logger("outbox")
 
@@ -948,16 +949,15 @@ class Outbox:
         async with self._lock:
             await self._idle.wait()
             tx = _Tx(db)
-            await db.execute("BEGIN IMMEDIATE")
             try:
+                await db.execute("BEGIN IMMEDIATE")
                 yield tx
                 if tx.freed and not tx.inserted:
                     await self._keep_seq_mark(tx)
                 await db.execute("COMMIT")
             except BaseException:
                 # SQLite may already have rolled back (it does on SQLITE_FULL); keep the first error.
-                if db.in_transaction:
-                    await db.execute("ROLLBACK")
+                await rollback(db)
                 unused = [sha for sha in tx.new_files if sha not in self._media_refs]
                 if unused:
                     await asyncio.to_thread(_remove_files, self.media_dir, unused)

@@ -160,7 +160,9 @@ async def test_reload_on_sighup_and_from_the_status_page(tmp_path: Path) -> None
             async with s.get(pole.url + "/status.json") as r:
                 assert (await r.json())["status"]["pole"]["id"] == "pole-renamed"
 
-            pole.config.write_text(pole.config.read_text() + "\n[outbox]\nmax_bytes = -1\n")
+            text = pole.config.read_text()
+            assert "[outbox]\n" in text
+            pole.config.write_text(text.replace("[outbox]\n", "[outbox]\nmax_bytes = -1\n"))
             async with s.post(pole.url + "/actions/reload-config", headers={"X-CSRF-Token": token}) as r:
                 assert r.status == 400
                 assert "outbox.max_bytes" in (await r.json())["error"]

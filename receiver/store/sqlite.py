@@ -41,6 +41,7 @@ from receiver.store.base import (
 from sync.files import private_file
 from sync.overlays import overlay_version
 from sync.protocol import Rejection, WireEvent
+from sync.sqlitetx import rollback
 
 # A value of one event that SQLite (or its Python binding) refuses: an integer beyond 64 bits, text
 # that is not UTF-8, a constraint. Anything else is the database being unavailable.
@@ -225,13 +226,12 @@ class SqliteStore:
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
             try:
+                await self._db.execute("BEGIN IMMEDIATE")
                 yield self._db
                 await self._db.execute("COMMIT")
             except BaseException:
-                if self._db.in_transaction:
-                    await self._db.execute("ROLLBACK")
+                await rollback(self._db)
                 raise
 
     async def close(self) -> None:

@@ -1,0 +1,52 @@
+"""A task cancelled in the middle of an SQLite transaction (a receiver's MQTT handler when the broker
+goes, an uplink stopping) leaves the connection clean: the next transaction starts, nothing is
+stuck "within a transaction". Cancelled at every await point in turn."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from receiver.store.sqlite import SqliteStore
+from sync.events import NewEvent
+from sync.outbox import Outbox, OutboxConfig
+from sync.protocol import WireEvent
+from tests.test_poison import wire_event
+
+STEPS = 12  # loop turns after which to cancel: from before BEGIN reaches SQLite to after COMMIT
+
+
+async def cancel_after(steps: int, work: Callable[[], Awaitable[object]]) -> None:
+    task = asyncio.ensure_future(work())
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_cancelled_batch_insert_leaves_the_receivers_store_usable(tmp_path: Path) -> None:
+    store = await SqliteStore.open(str(tmp_path / "rx.db"))
+    try:
+        await store.add_token("0" * 64, "pole", "pole-1", None)
+        for steps in range(STEPS):
+            events = [WireEvent.model_validate(wire_event(steps * 10 + i + 1)) for i in range(3)]
+            await cancel_after(steps, lambda ev=events: store.insert_batch("pole-1", "b", ev, None, time.time()))
+            result = await store.insert_batch("pole-1", "b", events, None, time.time())
+            assert sorted(result.accepted + result.duplicates) == sorted(e.id for e in events), steps
+    finally:
+        await store.close()
+
+
+async def test_a_cancelled_rejection_leaves_the_outbox_usable(tmp_path: Path) -> None:
+    box = await Outbox.open(tmp_path / "outbox.db", OutboxConfig(commit_interval_ms=0))
+    try:
+        for steps in range(STEPS):
+            (a, b) = await box.put_many([NewEvent("reading", {"i": steps}), NewEvent("reading", {"j": steps})])
+            await cancel_after(steps, lambda a=a: box.reject_many({a.id: "refused"}))
+            await box.reject_many({a.id: "refused"})
+            assert await box.ack([b.id]) == 1, steps
+        assert box.backlog == 0
+    finally:
+        await box.close()
