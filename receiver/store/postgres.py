@@ -78,6 +78,16 @@ def _available() -> Iterator[None]:
 # Any constant: replicas starting together serialise their migrations on it.
 _MIGRATION_LOCK = 0x5350_0001
 
+_ROLLUP_TABLES = (
+    "rollup_pole_hourly",
+    "rollup_pole_daily",
+    "rollup_fleet_hourly",
+    "rollup_fleet_daily",
+    "rollup_traffic",
+    "rollup_air",
+    "rollup_speed",
+)
+
 MIGRATIONS: dict[int, list[str]] = {
     1: [
         """CREATE TABLE tokens (
@@ -166,6 +176,7 @@ MIGRATIONS: dict[int, list[str]] = {
         # Ingest waits while the rollups are built from the events stored so far: an event inserted
         # meanwhile by a receiver of this version is counted by its own transaction, after this one.
         "LOCK TABLE events IN SHARE MODE",
+        "SET LOCAL work_mem = '256MB'",  # the backfill's groupings fit in memory, not in temporary files
         """CREATE TABLE rollup_pole_hourly (
             pole_id TEXT NOT NULL, hour BIGINT NOT NULL, type TEXT NOT NULL, n BIGINT NOT NULL,
             PRIMARY KEY (pole_id, hour, type)
@@ -197,11 +208,13 @@ MIGRATIONS: dict[int, list[str]] = {
             pole_id TEXT NOT NULL, hour BIGINT NOT NULL, bucket INTEGER NOT NULL, n BIGINT NOT NULL,
             over_limit BIGINT NOT NULL, PRIMARY KEY (pole_id, hour, bucket)
         )""",
-        # The events stored before this version, by the rules of receiver/store/rollups.py.
+        # The events stored before this version, by the rules of receiver/store/rollups.py; written
+        # in time order, as ingest writes them, so that a span of hours is a span of pages.
         "INSERT INTO rollup_pole_hourly (pole_id, hour, type, n)"
-        " SELECT pole_id, floor(ts / 3600)::bigint * 3600, type, count(*) FROM events GROUP BY 1, 2, 3",
+        " SELECT pole_id, floor(ts / 3600)::bigint * 3600, type, count(*) FROM events GROUP BY 1, 2, 3"
+        " ORDER BY 2, 1",
         "INSERT INTO rollup_pole_daily (pole_id, day, type, n)"
-        " SELECT pole_id, hour - hour % 86400, type, sum(n) FROM rollup_pole_hourly GROUP BY 1, 2, 3",
+        " SELECT pole_id, hour - hour % 86400, type, sum(n) FROM rollup_pole_hourly GROUP BY 1, 2, 3 ORDER BY 2, 1",
         # All in shard 0: shards only spread the row locks of concurrent batches; queries sum them.
         "INSERT INTO rollup_fleet_hourly (hour, type, shard, n)"
         " SELECT hour, type, 0, sum(n) FROM rollup_pole_hourly GROUP BY 1, 2",
@@ -223,7 +236,7 @@ MIGRATIONS: dict[int, list[str]] = {
             CROSS JOIN LATERAL jsonb_each(CASE WHEN jsonb_typeof(d.value) = 'object'
                 THEN d.value ELSE '{}'::jsonb END) c
             WHERE e.type = 'count' AND jsonb_typeof(e.data->'line') = 'string'
-        ) s WHERE crossings <= 1000000 GROUP BY 1, 2, 3, 4, 5""",
+        ) s WHERE crossings <= 1000000 GROUP BY 1, 2, 3, 4, 5 ORDER BY 2, 1""",
         """INSERT INTO rollup_air (pole_id, hour, pm25_sum, pm25_max, pm10_sum, pm10_max, samples)
         SELECT pole_id, floor(ts / 3600)::bigint * 3600, sum(pm25 * w), max(pm25), sum(pm10 * w), max(pm10), sum(w)
         FROM (
@@ -235,7 +248,7 @@ MIGRATIONS: dict[int, list[str]] = {
                         THEN (data->>'samples')::bigint ELSE 1 END
                     ELSE 1 END AS w
             FROM events WHERE type = 'air_quality'
-        ) s WHERE pm25 >= 0 AND pm25 < 1e9 AND pm10 >= 0 AND pm10 < 1e9 GROUP BY 1, 2""",
+        ) s WHERE pm25 >= 0 AND pm25 < 1e9 AND pm10 >= 0 AND pm10 < 1e9 GROUP BY 1, 2 ORDER BY 2, 1""",
         """INSERT INTO rollup_speed (pole_id, hour, bucket, n, over_limit)
         SELECT pole_id, floor(ts / 3600)::bigint * 3600, floor(kmh * 10 + 0.5)::integer, count(*),
             count(*) FILTER (WHERE over)
@@ -244,13 +257,15 @@ MIGRATIONS: dict[int, list[str]] = {
                 CASE WHEN jsonb_typeof(data->'speed_kmh') = 'number' THEN (data->>'speed_kmh')::float8 END AS kmh,
                 data->'over_limit' = 'true'::jsonb AS over
             FROM events WHERE type = 'speed'
-        ) s WHERE kmh >= 0 AND kmh < 1000 GROUP BY 1, 2, 3""",
+        ) s WHERE kmh >= 0 AND kmh < 1000 GROUP BY 1, 2, 3 ORDER BY 2, 1""",
         # For the questions about every pole (by hour, in order); one pole's go by the primary keys.
         "CREATE INDEX rollup_pole_hourly_by_hour ON rollup_pole_hourly (hour, pole_id)",
         "CREATE INDEX rollup_pole_daily_by_day ON rollup_pole_daily (day, pole_id)",
         "CREATE INDEX rollup_traffic_by_hour ON rollup_traffic (hour, pole_id)",
         "CREATE INDEX rollup_air_by_hour ON rollup_air (hour, pole_id)",
         "CREATE INDEX rollup_speed_by_hour ON rollup_speed (hour, pole_id)",
+        # The planner's figures now, not when autovacuum gets round to these tables.
+        *(f"ANALYZE {table}" for table in _ROLLUP_TABLES),
     ],
 }
 
