@@ -173,16 +173,16 @@ def speed_sql(window: Window, limit: int, p: Params) -> str:
     )
 
 
+# Both drivers give the columns' own types (integers, floats, text): rows map straight onto these.
+
+
 def traffic_rows(rows: list[Any]) -> list[TrafficRow]:
-    return [TrafficRow(int(r[0]), r[1], r[2], r[3], r[4], int(r[5])) for r in rows]
+    return [TrafficRow(*r) for r in rows]
 
 
 def air_rows(rows: list[Any]) -> list[AirRow]:
-    return [AirRow(int(r[0]), r[1], float(r[2]), float(r[3]), float(r[4]), float(r[5]), int(r[6])) for r in rows]
+    return [AirRow(*r) for r in rows]
 
 
 def speed_rows(rows: list[Any]) -> list[SpeedRow]:
-    return [
-        SpeedRow(int(r[0]), r[1], int(r[2]), r[3] / SPEED_SCALE, r[4] / SPEED_SCALE, r[5] / SPEED_SCALE, int(r[6]))
-        for r in rows
-    ]
+    return [SpeedRow(r[0], r[1], r[2], r[3] / SPEED_SCALE, r[4] / SPEED_SCALE, r[5] / SPEED_SCALE, r[6]) for r in rows]
