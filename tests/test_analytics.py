@@ -351,6 +351,8 @@ async def test_too_many_rows_is_a_400(database_url: str, tmp_path: Any) -> None:
 ROLLUPS = {
     "rollup_pole_hourly": "SELECT pole_id, hour, type, n FROM rollup_pole_hourly",
     "rollup_pole_daily": "SELECT pole_id, day, type, n FROM rollup_pole_daily",
+    "rollup_pole_hourly_total": "SELECT pole_id, hour, n FROM rollup_pole_hourly_total",
+    "rollup_pole_daily_total": "SELECT pole_id, day, n FROM rollup_pole_daily_total",
     "rollup_fleet_hourly": "SELECT hour, type, CAST(sum(n) AS BIGINT) FROM rollup_fleet_hourly GROUP BY 1, 2",
     "rollup_fleet_daily": "SELECT day, type, CAST(sum(n) AS BIGINT) FROM rollup_fleet_daily GROUP BY 1, 2",
     "rollup_traffic": "SELECT pole_id, hour, line, direction, class, n FROM rollup_traffic",

@@ -2,8 +2,9 @@
 
 The rollups (see :mod:`receiver.store.rollups`) hold hours and days, so a window is whole hours.
 Counts come from the smallest table that answers: the fleet-wide tables when no pole or tag
-narrows the question (their size does not grow with the fleet), the per-pole ones otherwise; and
-whole days from the daily tables, the hours at either end from the hourly ones. The SQL is the
+narrows the question (their size does not grow with the fleet), else the per-pole totals when
+types are neither asked for nor filtered, else the per-pole counts by type; whole days from the
+daily tables, the hours at either end from the hourly ones. The SQL is the
 subset PostgreSQL and SQLite share; only placeholders differ (``$1`` or ``?``), which
 :class:`Params` writes as values are added, in the order they appear in the text.
 """
@@ -99,11 +100,19 @@ def _per_pole(window: Window) -> bool:
     return window.pole_id is not None or window.tag is not None
 
 
+def _tables(query: CountsQuery) -> tuple[str, str]:
+    """The hourly and daily tables that answer ``query`` with the fewest rows."""
+    if not _per_pole(query.window) and query.by != "pole":
+        return "rollup_fleet_hourly", "rollup_fleet_daily"
+    if query.by != "type" and query.type is None:  # all types together: one row per pole and hour
+        return "rollup_pole_hourly_total", "rollup_pole_daily_total"
+    return "rollup_pole_hourly", "rollup_pole_daily"
+
+
 def counts_sql(query: CountsQuery, p: Params) -> str:
     """Rows of (key, count) ordered by key; the key is a type, a pole id or an hour's or day's start."""
     w = query.window
-    scope = "pole" if _per_pole(w) or query.by == "pole" else "fleet"
-    hourly, daily = f"rollup_{scope}_hourly", f"rollup_{scope}_daily"
+    hourly, daily = _tables(query)
     if query.by == "hour":
         return (
             f"SELECT hour, CAST(sum(n) AS BIGINT) FROM {hourly} WHERE hour >= {p(w.since)} AND hour < {p(w.until)}"

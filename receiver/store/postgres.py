@@ -81,6 +81,8 @@ _MIGRATION_LOCK = 0x5350_0001
 _ROLLUP_TABLES = (
     "rollup_pole_hourly",
     "rollup_pole_daily",
+    "rollup_pole_hourly_total",
+    "rollup_pole_daily_total",
     "rollup_fleet_hourly",
     "rollup_fleet_daily",
     "rollup_traffic",
@@ -185,6 +187,12 @@ MIGRATIONS: dict[int, list[str]] = {
             pole_id TEXT NOT NULL, day BIGINT NOT NULL, type TEXT NOT NULL, n BIGINT NOT NULL,
             PRIMARY KEY (pole_id, day, type)
         )""",
+        """CREATE TABLE rollup_pole_hourly_total (
+            pole_id TEXT NOT NULL, hour BIGINT NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (pole_id, hour)
+        )""",
+        """CREATE TABLE rollup_pole_daily_total (
+            pole_id TEXT NOT NULL, day BIGINT NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (pole_id, day)
+        )""",
         """CREATE TABLE rollup_fleet_hourly (
             hour BIGINT NOT NULL, type TEXT NOT NULL, shard SMALLINT NOT NULL, n BIGINT NOT NULL,
             PRIMARY KEY (hour, type, shard)
@@ -215,6 +223,10 @@ MIGRATIONS: dict[int, list[str]] = {
         " ORDER BY 2, 1",
         "INSERT INTO rollup_pole_daily (pole_id, day, type, n)"
         " SELECT pole_id, hour - hour % 86400, type, sum(n) FROM rollup_pole_hourly GROUP BY 1, 2, 3 ORDER BY 2, 1",
+        "INSERT INTO rollup_pole_hourly_total (pole_id, hour, n)"
+        " SELECT pole_id, hour, sum(n) FROM rollup_pole_hourly GROUP BY 1, 2 ORDER BY 2, 1",
+        "INSERT INTO rollup_pole_daily_total (pole_id, day, n)"
+        " SELECT pole_id, day, sum(n) FROM rollup_pole_daily GROUP BY 1, 2 ORDER BY 2, 1",
         # All in shard 0: shards only spread the row locks of concurrent batches; queries sum them.
         "INSERT INTO rollup_fleet_hourly (hour, type, shard, n)"
         " SELECT hour, type, 0, sum(n) FROM rollup_pole_hourly GROUP BY 1, 2",
@@ -261,6 +273,8 @@ MIGRATIONS: dict[int, list[str]] = {
         # For the questions about every pole (by hour, in order); one pole's go by the primary keys.
         "CREATE INDEX rollup_pole_hourly_by_hour ON rollup_pole_hourly (hour, pole_id)",
         "CREATE INDEX rollup_pole_daily_by_day ON rollup_pole_daily (day, pole_id)",
+        "CREATE INDEX rollup_pole_hourly_total_by_hour ON rollup_pole_hourly_total (hour, pole_id)",
+        "CREATE INDEX rollup_pole_daily_total_by_day ON rollup_pole_daily_total (day, pole_id)",
         "CREATE INDEX rollup_traffic_by_hour ON rollup_traffic (hour, pole_id)",
         "CREATE INDEX rollup_air_by_hour ON rollup_air (hour, pole_id)",
         "CREATE INDEX rollup_speed_by_hour ON rollup_speed (hour, pole_id)",
@@ -309,6 +323,12 @@ _ROLLUP_UPSERTS = {
     "pole_daily": "INSERT INTO rollup_pole_daily (pole_id, day, type, n)"
     " SELECT $1::text, * FROM unnest($2::bigint[], $3::text[], $4::bigint[])"
     " ON CONFLICT (pole_id, day, type) DO UPDATE SET n = rollup_pole_daily.n + excluded.n",
+    "pole_hourly_total": "INSERT INTO rollup_pole_hourly_total (pole_id, hour, n)"
+    " SELECT $1::text, * FROM unnest($2::bigint[], $3::bigint[])"
+    " ON CONFLICT (pole_id, hour) DO UPDATE SET n = rollup_pole_hourly_total.n + excluded.n",
+    "pole_daily_total": "INSERT INTO rollup_pole_daily_total (pole_id, day, n)"
+    " SELECT $1::text, * FROM unnest($2::bigint[], $3::bigint[])"
+    " ON CONFLICT (pole_id, day) DO UPDATE SET n = rollup_pole_daily_total.n + excluded.n",
     "traffic": "INSERT INTO rollup_traffic (pole_id, hour, line, direction, class, n)"
     " SELECT $1::text, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[])"
     " ON CONFLICT (pole_id, hour, line, direction, class) DO UPDATE SET n = rollup_traffic.n + excluded.n",
@@ -340,6 +360,8 @@ async def _add_rollups(conn: asyncpg.Connection, pole_id: str, rollups: Rollups)
     per_table: list[tuple[str, Any, list[tuple[Any, ...]]]] = [
         ("pole_hourly", pole_id, hourly),
         ("pole_daily", pole_id, daily),
+        ("pole_hourly_total", pole_id, rollups.hourly_total_rows()),
+        ("pole_daily_total", pole_id, rollups.daily_total_rows()),
         ("traffic", pole_id, rollups.traffic_rows()),
         ("air", pole_id, rollups.air_rows()),
         ("speed", pole_id, rollups.speed_rows()),

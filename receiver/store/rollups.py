@@ -148,6 +148,12 @@ class Rollups:
             days[key] = days.get(key, 0) + n
         return sorted((day, type_, n) for (day, type_), n in days.items())
 
+    def hourly_total_rows(self) -> list[tuple[int, int]]:
+        return _totals((hour, n) for (hour, _), n in self.counts.items())
+
+    def daily_total_rows(self) -> list[tuple[int, int]]:
+        return _totals((day_of(hour), n) for (hour, _), n in self.counts.items())
+
     def traffic_rows(self) -> list[tuple[int, str, str, str, int]]:
         return sorted((*key, n) for key, n in self.traffic.items())
 
@@ -156,6 +162,13 @@ class Rollups:
 
     def speed_rows(self) -> list[tuple[int, int, int, int]]:
         return sorted((hour, bucket, s[0], s[1]) for (hour, bucket), s in self.speed.items())
+
+
+def _totals(counts: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: dict[int, int] = {}
+    for start, n in counts:
+        out[start] = out.get(start, 0) + n
+    return sorted(out.items())
 
 
 def rollups_of(events: Iterable[WireEvent]) -> Rollups:

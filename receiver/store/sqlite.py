@@ -174,6 +174,12 @@ MIGRATIONS: dict[int, list[str]] = {
             pole_id TEXT NOT NULL, day INTEGER NOT NULL, type TEXT NOT NULL, n INTEGER NOT NULL,
             PRIMARY KEY (pole_id, day, type)
         ) WITHOUT ROWID""",
+        """CREATE TABLE rollup_pole_hourly_total (
+            pole_id TEXT NOT NULL, hour INTEGER NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (pole_id, hour)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE rollup_pole_daily_total (
+            pole_id TEXT NOT NULL, day INTEGER NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (pole_id, day)
+        ) WITHOUT ROWID""",
         """CREATE TABLE rollup_fleet_hourly (
             hour INTEGER NOT NULL, type TEXT NOT NULL, shard INTEGER NOT NULL, n INTEGER NOT NULL,
             PRIMARY KEY (hour, type, shard)
@@ -202,6 +208,10 @@ MIGRATIONS: dict[int, list[str]] = {
         " SELECT pole_id, CAST(ts / 3600 AS INTEGER) * 3600, type, count(*) FROM events GROUP BY 1, 2, 3",
         "INSERT INTO rollup_pole_daily (pole_id, day, type, n)"
         " SELECT pole_id, hour - hour % 86400, type, sum(n) FROM rollup_pole_hourly GROUP BY 1, 2, 3",
+        "INSERT INTO rollup_pole_hourly_total (pole_id, hour, n)"
+        " SELECT pole_id, hour, sum(n) FROM rollup_pole_hourly GROUP BY 1, 2",
+        "INSERT INTO rollup_pole_daily_total (pole_id, day, n)"
+        " SELECT pole_id, day, sum(n) FROM rollup_pole_daily GROUP BY 1, 2",
         # All in shard 0: shards only spread the row locks of concurrent batches; queries sum them.
         "INSERT INTO rollup_fleet_hourly (hour, type, shard, n)"
         " SELECT hour, type, 0, sum(n) FROM rollup_pole_hourly GROUP BY 1, 2",
@@ -243,6 +253,8 @@ MIGRATIONS: dict[int, list[str]] = {
         # For the questions about every pole (by hour, in order); one pole's go by the primary keys.
         "CREATE INDEX rollup_pole_hourly_by_hour ON rollup_pole_hourly (hour, pole_id)",
         "CREATE INDEX rollup_pole_daily_by_day ON rollup_pole_daily (day, pole_id)",
+        "CREATE INDEX rollup_pole_hourly_total_by_hour ON rollup_pole_hourly_total (hour, pole_id)",
+        "CREATE INDEX rollup_pole_daily_total_by_day ON rollup_pole_daily_total (day, pole_id)",
         "CREATE INDEX rollup_traffic_by_hour ON rollup_traffic (hour, pole_id)",
         "CREATE INDEX rollup_air_by_hour ON rollup_air (hour, pole_id)",
         "CREATE INDEX rollup_speed_by_hour ON rollup_speed (hour, pole_id)",
@@ -286,6 +298,10 @@ _ROLLUP_UPSERTS = {
     " ON CONFLICT (pole_id, hour, type) DO UPDATE SET n = n + excluded.n",
     "pole_daily": "INSERT INTO rollup_pole_daily (pole_id, day, type, n) VALUES (?, ?, ?, ?)"
     " ON CONFLICT (pole_id, day, type) DO UPDATE SET n = n + excluded.n",
+    "pole_hourly_total": "INSERT INTO rollup_pole_hourly_total (pole_id, hour, n) VALUES (?, ?, ?)"
+    " ON CONFLICT (pole_id, hour) DO UPDATE SET n = n + excluded.n",
+    "pole_daily_total": "INSERT INTO rollup_pole_daily_total (pole_id, day, n) VALUES (?, ?, ?)"
+    " ON CONFLICT (pole_id, day) DO UPDATE SET n = n + excluded.n",
     "traffic": "INSERT INTO rollup_traffic (pole_id, hour, line, direction, class, n) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (pole_id, hour, line, direction, class) DO UPDATE SET n = n + excluded.n",
     "air": "INSERT INTO rollup_air (pole_id, hour, pm25_sum, pm25_max, pm10_sum, pm10_max, samples)"
@@ -310,6 +326,8 @@ async def _add_rollups(db: aiosqlite.Connection, pole_id: str, rollups: Rollups)
     per_table: list[tuple[str, Any, list[tuple[Any, ...]]]] = [
         ("pole_hourly", pole_id, hourly),
         ("pole_daily", pole_id, daily),
+        ("pole_hourly_total", pole_id, rollups.hourly_total_rows()),
+        ("pole_daily_total", pole_id, rollups.daily_total_rows()),
         ("traffic", pole_id, rollups.traffic_rows()),
         ("air", pole_id, rollups.air_rows()),
         ("speed", pole_id, rollups.speed_rows()),
