@@ -450,3 +450,36 @@ async def test_migration_5_builds_the_rollups_ingest_would_have(database_url: st
     await store.close()
     backfilled = await rollups(database_url)
     assert close_enough(ingested, backfilled), (ingested, backfilled)
+
+
+async def test_concurrent_batches_and_their_replays_count_once(receiver: RunningReceiver, reader: str) -> None:
+    """Batches of several poles at once, each also sent twice at once: every event counts once (on
+    PostgreSQL the receiver's pool serves them concurrently, sharing the fleet's rows)."""
+    poles = ["pole-1", "pole-2", "pole-3", "pole-4"]
+    for pole in poles[2:]:
+        await receiver.add_pole(pole)
+    bodies = []
+    for n, pole in enumerate(poles):
+        for b in range(3):
+            events = [
+                speed(BASE + 9 * H + i, 40.0 + i, i % 2 == 0) if i % 3 else ev(BASE + 9 * H + 60 * i)
+                for i in range(n + b + 2)
+            ]
+            for seq, e in enumerate(events, 1):
+                e["seq"] = seq
+            bodies.append((pole, batch(pole, events), len(events)))
+    sends = [post(receiver.url, body, receiver.tokens[pole]) for pole, body, _ in bodies for _ in range(2)]
+    replies = await asyncio.gather(*sends)
+    assert all(status == 200 for status, _ in replies)
+    expected = sum(n for _, _, n in bodies)
+    assert sum(len(r["accepted"]) for _, r in replies) == expected
+    window = {"since": BASE + 9 * H, "until": BASE + 10 * H}
+    status, body = await get(receiver, "/v1/analytics/counts", reader, by="hour", **window)
+    assert body["rows"] == [{"key": iso(BASE + 9 * H), "count": expected}]
+    status, body = await get(receiver, "/v1/analytics/counts", reader, by="pole", **window)
+    assert {r["key"]: r["count"] for r in body["rows"]} == {
+        pole: sum(n for p, _, n in bodies if p == pole) for pole in poles
+    }
+    status, body = await get(receiver, "/v1/analytics/speed", reader, **window)
+    speeds = sum(1 for _, _, n in bodies for i in range(n) if i % 3)
+    assert sum(r["count"] for r in body["rows"]) == speeds
