@@ -20,6 +20,7 @@ from aiohttp.typedefs import Handler
 from httpkit.body import NO_AUTO_DECOMPRESS, Gunzip
 from httpkit.errors import json_error, json_errors
 from httpkit.headers import security_headers
+from receiver.analytics import Analytics
 from receiver.auth import TokenUse
 from receiver.batches import Batches
 from receiver.config import ReceiverSection
@@ -67,6 +68,7 @@ class Receiver:
         self.poles = Poles(self.ctx)
         self.remote = RemoteConfig(self.ctx)
         self.operations = Operations(self.ctx)
+        self.analytics = Analytics(self.ctx)
 
     def make_app(self, extra_middlewares: Iterable[Any] = ()) -> web.Application:
         """The aiohttp application. ``extra_middlewares`` run inside ours (tests use it to inject faults)."""
@@ -94,6 +96,11 @@ class Receiver:
         app.router.add_get("/v1/tags/{tag}/config", self.remote.get_tag)
         app.router.add_put("/v1/tags/{tag}/config", self.remote.put_tag)
         app.router.add_delete("/v1/tags/{tag}/config", self.remote.delete_tag)
+        app.router.add_get("/v1/analytics/counts", self.analytics.counts)
+        app.router.add_get("/v1/analytics/last24h", self.analytics.last24h)
+        app.router.add_get("/v1/analytics/traffic", self.analytics.traffic)
+        app.router.add_get("/v1/analytics/air", self.analytics.air)
+        app.router.add_get("/v1/analytics/speed", self.analytics.speed)
         app.router.add_get("/health", self.operations.health)
         app.router.add_get("/metrics", self.operations.metrics)
         return app
