@@ -22,8 +22,9 @@ from httpkit.errors import json_error, json_errors
 from httpkit.headers import security_headers
 from receiver.auth import TokenUse
 from receiver.batches import Batches
-from receiver.config import ReceiverSection
+from receiver.config import DashboardSection, ReceiverSection
 from receiver.context import Context
+from receiver.dashboard.site import Dashboard
 from receiver.events import Events
 from receiver.media import Media
 from receiver.mediastore.base import MediaStore
@@ -49,8 +50,9 @@ class Receiver:
         store: Store,
         metrics: ReceiverMetrics | None = None,
         media: MediaStore | None = None,
+        dashboard: DashboardSection | None = None,
     ) -> None:
-        """``media`` defaults to files under ``config.media_dir``."""
+        """``media`` defaults to files under ``config.media_dir``; ``dashboard`` to its defaults (served)."""
         self.ctx = Context(
             config,
             policy,
@@ -67,6 +69,8 @@ class Receiver:
         self.poles = Poles(self.ctx)
         self.remote = RemoteConfig(self.ctx)
         self.operations = Operations(self.ctx)
+        settings = dashboard or DashboardSection()
+        self.dashboard = Dashboard(self.ctx, settings) if settings.enabled else None
 
     def make_app(self, extra_middlewares: Iterable[Any] = ()) -> web.Application:
         """The aiohttp application. ``extra_middlewares`` run inside ours (tests use it to inject faults)."""
@@ -74,7 +78,13 @@ class Receiver:
         largest = max(config.max_body_bytes, config.max_media_bytes, config.max_clip_bytes)
         app = web.Application(
             client_max_size=largest,
-            middlewares=[security_headers, self._observe, json_errors(largest), *extra_middlewares],
+            middlewares=[
+                security_headers,
+                self._observe,
+                json_errors(largest),
+                *([self.dashboard.middleware] if self.dashboard else []),
+                *extra_middlewares,
+            ],
             handler_args=NO_AUTO_DECOMPRESS,  # bodies are read and gunzipped by httpkit.body, bounded
         )
         app.router.add_post(BATCHES_PATH, self.batches.post)
@@ -96,6 +106,8 @@ class Receiver:
         app.router.add_delete("/v1/tags/{tag}/config", self.remote.delete_tag)
         app.router.add_get("/health", self.operations.health)
         app.router.add_get("/metrics", self.operations.metrics)
+        if self.dashboard is not None:
+            self.dashboard.register(app)
         return app
 
     @web.middleware

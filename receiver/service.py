@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Callable
 
 import structlog
 from aiohttp import web
 
+from httpkit.passwords import hash_password
 from receiver.app import Receiver
 from receiver.auth import new_token, token_hash
 from receiver.config import ReceiverConfig
@@ -26,7 +28,7 @@ async def serve(config: ReceiverConfig, stop: asyncio.Event, on_listening: Calla
     store = await open_store(section.database_url.get_secret_value(), section.pool_size)
     media = open_media_store(config.media, section.media_dir)
     try:
-        receiver = Receiver(section, config.policy, store, media=media)
+        receiver = Receiver(section, config.policy, store, media=media, dashboard=config.dashboard)
         runner = web.AppRunner(receiver.make_app(), access_log=None, shutdown_timeout=5)
         await runner.setup()
         site = web.TCPSite(runner, section.bind, section.port)
@@ -75,6 +77,17 @@ async def _add_token(config: ReceiverConfig, role: str, pole_id: str | None, nam
         token = new_token()
         await store.add_token(token_hash(token), role, pole_id, name)
         return token
+    finally:
+        await store.close()
+
+
+async def add_user(config: ReceiverConfig, name: str, role: str, password: str) -> bool:
+    """Create a dashboard user, or give an existing one this role and password (logging it out
+    everywhere); True if created. The password is kept only as its scrypt hash."""
+    password_hash = await asyncio.to_thread(hash_password, password)
+    store = await open_store(config.receiver.database_url.get_secret_value(), 1)
+    try:
+        return await store.put_user(name, role, password_hash, time.time())
     finally:
         await store.close()
 
