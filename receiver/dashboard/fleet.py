@@ -14,18 +14,27 @@ from receiver.dashboard.mapview import pole_state_name, project
 from receiver.dashboard.render import Renderer
 from receiver.documents import BadRequest
 from receiver.poles import parse_pole_query
+from receiver.store.base import PoleState
 
 
-def fleet_row(pole: Any, now: float, window_s: float) -> dict[str, Any]:
+def config_state(pole: PoleState) -> str:
+    """ "in sync", "pending" (the pole runs another version than its target), "error" (it said why it
+    cannot apply it) or "not reported" (no status block yet)."""
+    if pole.config_error:
+        return "error"
+    if pole.config_applied is None:
+        return "not reported"
+    return "in sync" if pole.config_applied == pole.config_target else "pending"
+
+
+def fleet_row(pole: PoleState, now: float, window_s: float) -> dict[str, Any]:
     status = pole.status or {}
     return {
         "pole": pole,
         "state": pole_state_name(pole, now, window_s),
         "software": status.get("software_version"),
         "config_file": status.get("config_file_version"),
-        "config": (
-            "error" if pole.config_error else "in sync" if pole.config_applied == pole.config_target else "pending"
-        ),
+        "config": config_state(pole),
     }
 
 
