@@ -20,6 +20,7 @@ from aiohttp.typedefs import Handler
 from httpkit.body import NO_AUTO_DECOMPRESS, Gunzip
 from httpkit.errors import json_error, json_errors
 from httpkit.headers import security_headers
+from receiver import openapi
 from receiver.auth import TokenUse
 from receiver.batches import Batches
 from receiver.config import DashboardSection, ReceiverSection
@@ -106,6 +107,7 @@ class Receiver:
         app.router.add_delete("/v1/tags/{tag}/config", self.remote.delete_tag)
         app.router.add_get("/health", self.operations.health)
         app.router.add_get("/metrics", self.operations.metrics)
+        app.router.add_get("/openapi.json", openapi.serve)
         if self.dashboard is not None:
             self.dashboard.register(app)
         return app
