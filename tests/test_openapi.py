@@ -114,8 +114,10 @@ async def test_schemathesis_finds_no_server_error_and_no_nonconforming_answer(
         "10",
         "--seed",
         "1",
+        # One worker: on Python 3.11, schemathesis' threads can trip CPython's "AST constructor recursion
+        # depth mismatch" (a SystemError inside schemathesis, not an answer of ours).
         "--workers",
-        "2",
+        "1",
         "--request-timeout",
         "20",
         "--header",
@@ -126,7 +128,7 @@ async def test_schemathesis_finds_no_server_error_and_no_nonconforming_answer(
         str(tmp_path / "st"),
     ]
     done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert done.returncode == 0, done.stdout[-15000:] + done.stderr[-2000:]
     (report,) = (tmp_path / "st").glob("junit*.xml")
     tested = {case.get("name") for case in ElementTree.parse(report).iter("testcase")}
     # The description itself is where schemathesis reads the API from, not an operation it tests.
