@@ -21,6 +21,7 @@ from httpkit.body import NO_AUTO_DECOMPRESS, Gunzip
 from httpkit.errors import json_error, json_errors
 from httpkit.headers import security_headers
 from receiver import openapi
+from receiver.analytics import Analytics
 from receiver.auth import TokenUse
 from receiver.batches import Batches
 from receiver.config import DashboardSection, ReceiverSection
@@ -70,6 +71,7 @@ class Receiver:
         self.poles = Poles(self.ctx)
         self.remote = RemoteConfig(self.ctx)
         self.operations = Operations(self.ctx)
+        self.analytics = Analytics(self.ctx)
         settings = dashboard or DashboardSection()
         self.dashboard = Dashboard(self.ctx, settings) if settings.enabled else None
 
@@ -105,6 +107,11 @@ class Receiver:
         app.router.add_get("/v1/tags/{tag}/config", self.remote.get_tag)
         app.router.add_put("/v1/tags/{tag}/config", self.remote.put_tag)
         app.router.add_delete("/v1/tags/{tag}/config", self.remote.delete_tag)
+        app.router.add_get("/v1/analytics/counts", self.analytics.counts)
+        app.router.add_get("/v1/analytics/last24h", self.analytics.last24h)
+        app.router.add_get("/v1/analytics/traffic", self.analytics.traffic)
+        app.router.add_get("/v1/analytics/air", self.analytics.air)
+        app.router.add_get("/v1/analytics/speed", self.analytics.speed)
         app.router.add_get("/health", self.operations.health)
         app.router.add_get("/metrics", self.operations.metrics)
         app.router.add_get("/openapi.json", openapi.serve)

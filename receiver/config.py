@@ -42,6 +42,15 @@ class ReceiverSection(Strict):
     online_window_s: float = Field(300.0, gt=0, description="A pole seen within this many seconds counts as online.")
     events_page_max: int = Field(1000, ge=1, description="Most events one GET /v1/events page returns.")
     pool_size: int = Field(8, ge=1, le=64, description="PostgreSQL connections per receiver process.")
+    analytics_max_days: int = Field(
+        400, ge=1, le=3660, description="Longest window (since to until) an analytics query may ask for, in days."
+    )
+    analytics_max_rows: int = Field(
+        50_000,
+        ge=1,
+        description="Most rows an analytics answer per pole and hour may hold; a wider question gets a 400 "
+        "asking for fewer hours or a pole or tag.",
+    )
 
 
 class MqttSection(Strict):

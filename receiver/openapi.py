@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from httpkit.errors import json_response
 from receiver.poles import PAGE_MAX, NewPole, PoleUpdate
+from receiver.store.analytics import BY_VALUES
 from receiver.store.base import TAG_PATTERN
 from sync.protocol import EVENT_TYPE_PATTERN, POLE_ID_PATTERN, SHA256_PATTERN, UUID_PATTERN, BatchReply
 
@@ -376,6 +377,7 @@ def _paths() -> Json:
                 {"200": _json(_set_answer("tag", {"poles": _target_map()}), "Removed")} | _auth(400),
             ),
         },
+        **_analytics_paths(),
         "/health": {
             "get": {
                 "summary": "Whether the database answers (open, for load balancers)",
@@ -405,6 +407,78 @@ def _paths() -> Json:
                 "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
             }
         },
+    }
+
+
+def _rows(row: Json) -> Json:
+    """An analytics answer: the whole hours it counted and its rows."""
+    return {
+        "type": "object",
+        "required": ["since", "until", "rows"],
+        "properties": {"since": _TEXT, "until": _TEXT, "rows": {"type": "array", "items": row}},
+    }
+
+
+def _row(**fields: Json) -> Json:
+    return {"type": "object", "required": list(fields), "properties": fields}
+
+
+def _analytics_paths() -> Json:
+    when = "Epoch seconds or ISO-8601 with a zone (2026-11-30T10:00:00Z); widened to whole hours."
+    pole = _param("pole", "query", {"type": "string", "pattern": POLE_ID_PATTERN}, "Only this pole.")
+    tag = _param("tag", "query", {"type": "string", "pattern": TAG_PATTERN}, "Only poles carrying this tag now.")
+    window = [
+        _param("since", "query", _TEXT, when) | {"required": True},
+        _param("until", "query", _TEXT, when) | {"required": True},
+        pole,
+        tag,
+    ]
+    integer, number = {"type": "integer"}, _NUMBER
+
+    def get(summary: str, row: Json, parameters: list[Json]) -> Json:
+        return {
+            "get": _operation(summary, {"200": _json(_rows(row), "Rows by hour")} | _auth(400), parameters=parameters)
+        }
+
+    return {
+        "/v1/analytics/counts": get(
+            "Events counted by type, pole, hour or day (reader)",
+            _row(key=_TEXT, count=integer),
+            [
+                _param("by", "query", {"type": "string", "enum": list(BY_VALUES)}, "What to count by.")
+                | {"required": True},
+                _param("type", "query", {"type": "string", "pattern": EVENT_TYPE_PATTERN}, "Only this type."),
+                *window,
+            ],
+        ),
+        "/v1/analytics/last24h": get(
+            "Events per hour and type over the last 24 hours (reader)",
+            _row(hour=_TEXT, type=_TEXT, count=integer),
+            [pole, tag],
+        ),
+        "/v1/analytics/traffic": get(
+            "People and vehicles per counting line, direction and class, per hour (reader)",
+            _row(hour=_TEXT, pole_id=_TEXT, line=_TEXT, direction=_TEXT, **{"class": _TEXT}, count=integer),
+            window,
+        ),
+        "/v1/analytics/air": get(
+            "PM2.5 and PM10 mean and max per hour and pole (reader)",
+            _row(
+                hour=_TEXT,
+                pole_id=_TEXT,
+                pm25_mean=number,
+                pm25_max=number,
+                pm10_mean=number,
+                pm10_max=number,
+                samples=integer,
+            ),
+            window,
+        ),
+        "/v1/analytics/speed": get(
+            "Vehicle speeds per hour and pole: count, p50, p85, max and violations (reader)",
+            _row(hour=_TEXT, pole_id=_TEXT, count=integer, p50=number, p85=number, max=number, violations=integer),
+            window,
+        ),
     }
 
 

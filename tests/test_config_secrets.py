@@ -11,8 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.web.login import hash_password
-from tests.helpers.pole import PoleProcess
+from tests.helpers.pole import standalone_pole
 
 PASSWORD = "config-secrets-password"
 NOT_A_HASH = "plaintext-Password-4711"
@@ -48,15 +47,7 @@ def test_check_config_names_the_secret_and_hides_its_value(
 
 
 async def test_refused_reloads_hide_secret_values(tmp_path: Path) -> None:
-    pole = PoleProcess(
-        tmp_path,
-        "http://127.0.0.1:9",
-        "unused",
-        uplink={"kind": "simulated"},
-        http={"password_hash": hash_password(PASSWORD)},
-    )
-    await asyncio.to_thread(pole.start)
-    try:
+    async with standalone_pole(tmp_path, PASSWORD) as pole:
         bad = re.sub(r'(?m)^ingest_token = ".*"$', f'ingest_token = "{SHORT_TOKEN}"', pole.config.read_text())
         bad = re.sub(r'(?m)^password_hash = ".*"$', f'password_hash = "{NOT_A_HASH}"', bad)
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
@@ -75,8 +66,6 @@ async def test_refused_reloads_hide_secret_values(tmp_path: Path) -> None:
         await asyncio.to_thread(
             pole.wait_until, lambda: any(r.get("event") == "reload_refused" for r in pole.log_records())
         )
-    finally:
-        await asyncio.to_thread(pole.stop)
     log = pole.log.read_text()
     assert "http.password_hash" in log
     assert NOT_A_HASH not in log and SHORT_TOKEN not in log, log[-3000:]

@@ -5,29 +5,19 @@ along with such a form: only these checks stop it. A real daemon process."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 
 import aiohttp
 
-from gateway.web.login import hash_password
-from tests.helpers.pole import PoleProcess
+from tests.helpers.pole import standalone_pole
 
 PASSWORD = "csrf-test-password"
 
 
 async def test_status_page_posts_need_the_token_and_the_same_origin(tmp_path: Path) -> None:
-    pole = PoleProcess(
-        tmp_path,
-        "http://127.0.0.1:9",
-        "unused",
-        uplink={"kind": "simulated"},
-        http={"password_hash": hash_password(PASSWORD)},
-    )
-    await asyncio.to_thread(pole.start)
-    evil = "http://127.0.0.1:9999"
-    try:
+    async with standalone_pole(tmp_path, PASSWORD) as pole:
+        evil = "http://127.0.0.1:9999"
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
             async with s.post(pole.url + "/login", data={"password": PASSWORD}, headers={"Origin": evil}) as r:
                 assert r.status == 403, "a login form on another origin (login CSRF)"
@@ -64,5 +54,3 @@ async def test_status_page_posts_need_the_token_and_the_same_origin(tmp_path: Pa
                 assert r.status == 302
             async with s.get(pole.url + "/status.json") as r:
                 assert r.status == 401
-    finally:
-        await asyncio.to_thread(pole.stop)

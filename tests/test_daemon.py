@@ -11,10 +11,9 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.web.login import hash_password
 from hal.simulator import SimulatedSerialDevice
 from tests.conftest import DATA, ROOT
-from tests.helpers.pole import PoleProcess, free_port
+from tests.helpers.pole import PoleProcess, free_port, standalone_pole
 
 PASSWORD = "reload-test-password"
 
@@ -135,15 +134,7 @@ def _value(families: dict, name: str, **labels: str) -> float:
 
 
 async def test_reload_on_sighup_and_from_the_status_page(tmp_path: Path) -> None:
-    pole = PoleProcess(
-        tmp_path,
-        "http://127.0.0.1:9",
-        "unused",
-        uplink={"kind": "simulated"},
-        http={"password_hash": hash_password(PASSWORD)},
-    )
-    await asyncio.to_thread(pole.start)
-    try:
+    async with standalone_pole(tmp_path, PASSWORD) as pole:
         pole.config.write_text(pole.config.read_text().replace('id = "pole-1"', 'id = "pole-renamed"'))
         assert pole.proc is not None
         pole.proc.send_signal(signal.SIGHUP)
@@ -168,5 +159,3 @@ async def test_reload_on_sighup_and_from_the_status_page(tmp_path: Path) -> None
                 assert "outbox.max_bytes" in (await r.json())["error"]
             async with s.get(pole.url + "/status.json") as r:
                 assert r.status == 200, "a refused reload leaves the daemon running as it was"
-    finally:
-        assert await asyncio.to_thread(pole.stop) == 0

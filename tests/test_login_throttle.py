@@ -11,8 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.web.login import hash_password
-from tests.helpers.pole import PoleProcess
+from tests.helpers.pole import PoleProcess, standalone_pole
 
 PASSWORD = "throttle-test-password"
 
@@ -51,15 +50,7 @@ async def wrong_login(n: int, pole: PoleProcess) -> tuple[int, str | None]:
 
 
 async def test_a_login_flood_neither_stalls_ingest_nor_gets_through(tmp_path: Path) -> None:
-    pole = PoleProcess(
-        tmp_path,
-        "http://127.0.0.1:9",
-        "unused",
-        uplink={"kind": "simulated"},
-        http={"password_hash": hash_password(PASSWORD)},
-    )
-    await asyncio.to_thread(pole.start)
-    try:
+    async with standalone_pole(tmp_path, PASSWORD) as pole:
         await ingest_latencies(pole, 10)  # warm up
         before = statistics.median(await ingest_latencies(pole, 40))
 
@@ -82,20 +73,10 @@ async def test_a_login_flood_neither_stalls_ingest_nor_gets_through(tmp_path: Pa
             s.post(pole.url + "/login", data={"password": PASSWORD}, allow_redirects=False) as r,
         ):
             assert r.status == 429
-    finally:
-        await asyncio.to_thread(pole.stop)
 
 
 async def test_one_address_guessing_in_parallel_is_slowed_then_locked_out(tmp_path: Path) -> None:
-    pole = PoleProcess(
-        tmp_path,
-        "http://127.0.0.1:9",
-        "unused",
-        uplink={"kind": "simulated"},
-        http={"password_hash": hash_password(PASSWORD), "login_free_failures": 1},
-    )
-    await asyncio.to_thread(pole.start)
-    try:
+    async with standalone_pole(tmp_path, PASSWORD, login_free_failures=1) as pole:
         started = time.monotonic()
         answers = await asyncio.gather(*(wrong_login(7, pole) for _ in range(20)))
         assert sum(1 for status, _ in answers if status == 302) == 1, "one guess at a time per address"
@@ -115,5 +96,3 @@ async def test_one_address_guessing_in_parallel_is_slowed_then_locked_out(tmp_pa
             s.post(pole.url + "/login", data={"password": PASSWORD}, allow_redirects=False) as r,
         ):
             assert r.status == 302 and r.headers["Location"] == "/"
-    finally:
-        await asyncio.to_thread(pole.stop)

@@ -3,7 +3,6 @@ formatter of the page is total (it returns text for any value it may be given)."
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from pathlib import Path
@@ -23,11 +22,10 @@ from gateway.status import (
     SensorStatus,
     UplinkStatus,
 )
-from gateway.web.login import hash_password
 from gateway.web.status_view import _summary, build_view, fmt_ago, fmt_bytes, fmt_counts, fmt_duration, fmt_time
 from sync.events import Location, Priority
 from sync.outbox import DeadLetter, OutboxStats
-from tests.helpers.pole import PoleProcess
+from tests.helpers.pole import standalone_pole
 
 PASSWORD = "status-view-password"
 numbers = st.one_of(
@@ -88,15 +86,7 @@ def test_build_view_takes_any_stored_value() -> None:
 
 
 async def test_the_page_survives_what_ingest_is_sent(tmp_path: Path) -> None:
-    pole = PoleProcess(
-        tmp_path,
-        "http://127.0.0.1:9",
-        "unused",
-        uplink={"kind": "simulated"},
-        http={"password_hash": hash_password(PASSWORD)},
-    )
-    await asyncio.to_thread(pole.start)
-    try:
+    async with standalone_pole(tmp_path, PASSWORD) as pole:
         async with aiohttp.ClientSession(headers=pole.headers) as s:
             for ts in (1e20, -1.0, time.time() + 2 * 86400, time.time() - 31 * 86400):
                 async with s.post(pole.url + "/v1/events", json={"type": "reading", "ts": ts}) as r:
@@ -110,5 +100,3 @@ async def test_the_page_survives_what_ingest_is_sent(tmp_path: Path) -> None:
             for path in ("/", "/status.json"):
                 async with s.get(pole.url + path) as r:
                     assert r.status == 200, path
-    finally:
-        await asyncio.to_thread(pole.stop)

@@ -19,15 +19,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from receiver.store.analytics import AirRow, CountsQuery, SpeedRow, TrafficRow, Window
 from sync.overlays import EMPTY_VERSION, effective_overlay, overlay_version
 from sync.protocol import Rejection, WireEvent
 
 # Schema migrations are numbered; each backend lists its own statements per version.
 # 2: tokens get a public id (the first 12 hex digits of their hash) and the time of their last use.
-# 3: analytics rollups (branch analytics), with the pole_tags table.
 # 4: the fleet registry: admin tokens; poles get a name, a location, first contact, revocation, the
-#    configuration versions (target and applied) and the figures fleet metrics read; pole_tags (as
-#    in 3, created if missing) and config_overlays (remote configuration per pole and per tag).
+#    configuration versions (target and applied) and the figures fleet metrics read; pole_tags and
+#    config_overlays (remote configuration per pole and per tag).
+# 5: analytics rollups (receiver/store/rollups.py), built from the events already stored.
 # 6: the dashboard's human users (scrypt password hashes), their sessions (only a hash of each
 #    session id) and the history of configuration overlays.
 SCHEMA_VERSION = 6
@@ -449,6 +450,22 @@ class Store(Protocol):
         ...
 
     async def delete_session(self, session_hash: str) -> None: ...
+
+    # Analytics, from the rollups (receiver/store/analytics.py); ``limit`` bounds the rows.
+
+    async def analytics_counts(self, query: CountsQuery) -> list[tuple[Any, int]]:
+        """(key, count) by key: a type, a pole id, or the start of an hour or a day (epoch seconds)."""
+        ...
+
+    async def analytics_hours_by_type(self, window: Window) -> list[tuple[int, str, int]]:
+        """(hour, type, count) by hour and type."""
+        ...
+
+    async def analytics_traffic(self, window: Window, limit: int) -> list[TrafficRow]: ...
+
+    async def analytics_air(self, window: Window, limit: int) -> list[AirRow]: ...
+
+    async def analytics_speed(self, window: Window, limit: int) -> list[SpeedRow]: ...
 
     def pool_stats(self) -> PoolStats: ...
 

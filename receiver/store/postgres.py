@@ -9,12 +9,28 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import asyncpg
 import orjson
 
+from receiver.store.analytics import (
+    AirRow,
+    CountsQuery,
+    Params,
+    SpeedRow,
+    TrafficRow,
+    Window,
+    air_rows,
+    air_sql,
+    counts_sql,
+    hours_by_type_sql,
+    speed_rows,
+    speed_sql,
+    traffic_rows,
+    traffic_sql,
+)
 from receiver.store.base import (
     POLE_COLUMNS,
     ConfigChange,
@@ -43,6 +59,7 @@ from receiver.store.base import (
     target_versions,
     token_id_of,
 )
+from receiver.store.rollups import Rollups, rollups_of, shard_of
 from sync.overlays import overlay_version
 from sync.protocol import Rejection, WireEvent
 
@@ -63,6 +80,18 @@ def _available() -> Iterator[None]:
 
 # Any constant: replicas starting together serialise their migrations on it.
 _MIGRATION_LOCK = 0x5350_0001
+
+_ROLLUP_TABLES = (
+    "rollup_pole_hourly",
+    "rollup_pole_daily",
+    "rollup_pole_hourly_total",
+    "rollup_pole_daily_total",
+    "rollup_fleet_hourly",
+    "rollup_fleet_daily",
+    "rollup_traffic",
+    "rollup_air",
+    "rollup_speed",
+)
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -148,6 +177,113 @@ MIGRATIONS: dict[int, list[str]] = {
             PRIMARY KEY (scope, name)
         )""",
     ],
+    5: [
+        # Ingest waits while the rollups are built from the events stored so far: an event inserted
+        # meanwhile by a receiver of this version is counted by its own transaction, after this one.
+        "LOCK TABLE events IN SHARE MODE",
+        "SET LOCAL work_mem = '256MB'",  # the backfill's groupings fit in memory, not in temporary files
+        """CREATE TABLE rollup_pole_hourly (
+            pole_id TEXT NOT NULL, hour BIGINT NOT NULL, type TEXT NOT NULL, n BIGINT NOT NULL,
+            PRIMARY KEY (pole_id, hour, type)
+        )""",
+        """CREATE TABLE rollup_pole_daily (
+            pole_id TEXT NOT NULL, day BIGINT NOT NULL, type TEXT NOT NULL, n BIGINT NOT NULL,
+            PRIMARY KEY (pole_id, day, type)
+        )""",
+        """CREATE TABLE rollup_pole_hourly_total (
+            pole_id TEXT NOT NULL, hour BIGINT NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (pole_id, hour)
+        )""",
+        """CREATE TABLE rollup_pole_daily_total (
+            pole_id TEXT NOT NULL, day BIGINT NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (pole_id, day)
+        )""",
+        """CREATE TABLE rollup_fleet_hourly (
+            hour BIGINT NOT NULL, type TEXT NOT NULL, shard SMALLINT NOT NULL, n BIGINT NOT NULL,
+            PRIMARY KEY (hour, type, shard)
+        )""",
+        """CREATE TABLE rollup_fleet_daily (
+            day BIGINT NOT NULL, type TEXT NOT NULL, shard SMALLINT NOT NULL, n BIGINT NOT NULL,
+            PRIMARY KEY (day, type, shard)
+        )""",
+        """CREATE TABLE rollup_traffic (
+            pole_id TEXT NOT NULL, hour BIGINT NOT NULL, line TEXT NOT NULL, direction TEXT NOT NULL,
+            class TEXT NOT NULL, n BIGINT NOT NULL,
+            PRIMARY KEY (pole_id, hour, line, direction, class)
+        )""",
+        """CREATE TABLE rollup_air (
+            pole_id TEXT NOT NULL, hour BIGINT NOT NULL,
+            pm25_sum DOUBLE PRECISION NOT NULL, pm25_max DOUBLE PRECISION NOT NULL,
+            pm10_sum DOUBLE PRECISION NOT NULL, pm10_max DOUBLE PRECISION NOT NULL, samples BIGINT NOT NULL,
+            PRIMARY KEY (pole_id, hour)
+        )""",
+        """CREATE TABLE rollup_speed (
+            pole_id TEXT NOT NULL, hour BIGINT NOT NULL, bucket INTEGER NOT NULL, n BIGINT NOT NULL,
+            over_limit BIGINT NOT NULL, PRIMARY KEY (pole_id, hour, bucket)
+        )""",
+        # The events stored before this version, by the rules of receiver/store/rollups.py; written
+        # in time order, as ingest writes them, so that a span of hours is a span of pages.
+        "INSERT INTO rollup_pole_hourly (pole_id, hour, type, n)"
+        " SELECT pole_id, floor(ts / 3600)::bigint * 3600, type, count(*) FROM events GROUP BY 1, 2, 3"
+        " ORDER BY 2, 1",
+        "INSERT INTO rollup_pole_daily (pole_id, day, type, n)"
+        " SELECT pole_id, hour - hour % 86400, type, sum(n) FROM rollup_pole_hourly GROUP BY 1, 2, 3 ORDER BY 2, 1",
+        "INSERT INTO rollup_pole_hourly_total (pole_id, hour, n)"
+        " SELECT pole_id, hour, sum(n) FROM rollup_pole_hourly GROUP BY 1, 2 ORDER BY 2, 1",
+        "INSERT INTO rollup_pole_daily_total (pole_id, day, n)"
+        " SELECT pole_id, day, sum(n) FROM rollup_pole_daily GROUP BY 1, 2 ORDER BY 2, 1",
+        # All in shard 0: shards only spread the row locks of concurrent batches; queries sum them.
+        "INSERT INTO rollup_fleet_hourly (hour, type, shard, n)"
+        " SELECT hour, type, 0, sum(n) FROM rollup_pole_hourly GROUP BY 1, 2",
+        "INSERT INTO rollup_fleet_daily (day, type, shard, n)"
+        " SELECT day, type, 0, sum(n) FROM rollup_pole_daily GROUP BY 1, 2",
+        # CASE, not AND, wherever a cast must only see what was checked (PostgreSQL may reorder AND).
+        """INSERT INTO rollup_traffic (pole_id, hour, line, direction, class, n)
+        SELECT pole_id, floor(at / 3600)::bigint * 3600, line, direction, class, sum(crossings) FROM (
+            SELECT e.pole_id, e.data->>'line' AS line, d.key AS direction, c.key AS class,
+                CASE WHEN jsonb_typeof(e.data->'period_start') = 'number'
+                    THEN CASE WHEN (e.data->>'period_start')::float8 BETWEEN 0 AND 253402300799
+                        THEN (e.data->>'period_start')::float8 ELSE e.ts END
+                    ELSE e.ts END AS at,
+                CASE WHEN jsonb_typeof(c.value) = 'number' AND (c.value #>> '{}') ~ '^[0-9]{1,7}$'
+                    THEN (c.value #>> '{}')::bigint END AS crossings
+            FROM events e
+            CROSS JOIN LATERAL jsonb_each(CASE WHEN jsonb_typeof(e.data->'counts') = 'object'
+                THEN e.data->'counts' ELSE '{}'::jsonb END) d
+            CROSS JOIN LATERAL jsonb_each(CASE WHEN jsonb_typeof(d.value) = 'object'
+                THEN d.value ELSE '{}'::jsonb END) c
+            WHERE e.type = 'count' AND jsonb_typeof(e.data->'line') = 'string'
+        ) s WHERE crossings <= 1000000 GROUP BY 1, 2, 3, 4, 5 ORDER BY 2, 1""",
+        """INSERT INTO rollup_air (pole_id, hour, pm25_sum, pm25_max, pm10_sum, pm10_max, samples)
+        SELECT pole_id, floor(ts / 3600)::bigint * 3600, sum(pm25 * w), max(pm25), sum(pm10 * w), max(pm10), sum(w)
+        FROM (
+            SELECT pole_id, ts,
+                CASE WHEN jsonb_typeof(data->'pm2_5') = 'number' THEN (data->>'pm2_5')::float8 END AS pm25,
+                CASE WHEN jsonb_typeof(data->'pm10') = 'number' THEN (data->>'pm10')::float8 END AS pm10,
+                CASE WHEN jsonb_typeof(data->'samples') = 'number' AND (data->>'samples') ~ '^[0-9]{1,7}$'
+                    THEN CASE WHEN (data->>'samples')::bigint BETWEEN 1 AND 1000000
+                        THEN (data->>'samples')::bigint ELSE 1 END
+                    ELSE 1 END AS w
+            FROM events WHERE type = 'air_quality'
+        ) s WHERE pm25 >= 0 AND pm25 < 1e9 AND pm10 >= 0 AND pm10 < 1e9 GROUP BY 1, 2 ORDER BY 2, 1""",
+        """INSERT INTO rollup_speed (pole_id, hour, bucket, n, over_limit)
+        SELECT pole_id, floor(ts / 3600)::bigint * 3600, floor(kmh * 10 + 0.5)::integer, count(*),
+            count(*) FILTER (WHERE over)
+        FROM (
+            SELECT pole_id, ts,
+                CASE WHEN jsonb_typeof(data->'speed_kmh') = 'number' THEN (data->>'speed_kmh')::float8 END AS kmh,
+                data->'over_limit' = 'true'::jsonb AS over
+            FROM events WHERE type = 'speed'
+        ) s WHERE kmh >= 0 AND kmh < 1000 GROUP BY 1, 2, 3 ORDER BY 2, 1""",
+        # For the questions about every pole (by hour, in order); one pole's go by the primary keys.
+        "CREATE INDEX rollup_pole_hourly_by_hour ON rollup_pole_hourly (hour, pole_id)",
+        "CREATE INDEX rollup_pole_daily_by_day ON rollup_pole_daily (day, pole_id)",
+        "CREATE INDEX rollup_pole_hourly_total_by_hour ON rollup_pole_hourly_total (hour, pole_id)",
+        "CREATE INDEX rollup_pole_daily_total_by_day ON rollup_pole_daily_total (day, pole_id)",
+        "CREATE INDEX rollup_traffic_by_hour ON rollup_traffic (hour, pole_id)",
+        "CREATE INDEX rollup_air_by_hour ON rollup_air (hour, pole_id)",
+        "CREATE INDEX rollup_speed_by_hour ON rollup_speed (hour, pole_id)",
+        # The planner's figures now, not when autovacuum gets round to these tables.
+        *(f"ANALYZE {table}" for table in _ROLLUP_TABLES),
+    ],
     6: [
         """CREATE TABLE users (
             name TEXT PRIMARY KEY,
@@ -205,6 +341,65 @@ FROM unnest($4::text[], $5::bigint[], $6::float8[], $7::text[], $8::text[], $9::
 ON CONFLICT (pole_id, event_id) DO NOTHING
 RETURNING event_id::text
 """
+
+
+# The sums of a batch's new events (receiver/store/rollups.py), one row per bucket; each statement's
+# rows are sorted, so two batches lock the rows they share in the same order.
+_ROLLUP_UPSERTS = {
+    "pole_hourly": "INSERT INTO rollup_pole_hourly (pole_id, hour, type, n)"
+    " SELECT $1::text, * FROM unnest($2::bigint[], $3::text[], $4::bigint[])"
+    " ON CONFLICT (pole_id, hour, type) DO UPDATE SET n = rollup_pole_hourly.n + excluded.n",
+    "pole_daily": "INSERT INTO rollup_pole_daily (pole_id, day, type, n)"
+    " SELECT $1::text, * FROM unnest($2::bigint[], $3::text[], $4::bigint[])"
+    " ON CONFLICT (pole_id, day, type) DO UPDATE SET n = rollup_pole_daily.n + excluded.n",
+    "pole_hourly_total": "INSERT INTO rollup_pole_hourly_total (pole_id, hour, n)"
+    " SELECT $1::text, * FROM unnest($2::bigint[], $3::bigint[])"
+    " ON CONFLICT (pole_id, hour) DO UPDATE SET n = rollup_pole_hourly_total.n + excluded.n",
+    "pole_daily_total": "INSERT INTO rollup_pole_daily_total (pole_id, day, n)"
+    " SELECT $1::text, * FROM unnest($2::bigint[], $3::bigint[])"
+    " ON CONFLICT (pole_id, day) DO UPDATE SET n = rollup_pole_daily_total.n + excluded.n",
+    "traffic": "INSERT INTO rollup_traffic (pole_id, hour, line, direction, class, n)"
+    " SELECT $1::text, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[])"
+    " ON CONFLICT (pole_id, hour, line, direction, class) DO UPDATE SET n = rollup_traffic.n + excluded.n",
+    "air": "INSERT INTO rollup_air (pole_id, hour, pm25_sum, pm25_max, pm10_sum, pm10_max, samples)"
+    " SELECT $1::text, * FROM unnest($2::bigint[], $3::float8[], $4::float8[], $5::float8[], $6::float8[],"
+    " $7::bigint[])"
+    " ON CONFLICT (pole_id, hour) DO UPDATE SET pm25_sum = rollup_air.pm25_sum + excluded.pm25_sum,"
+    " pm25_max = greatest(rollup_air.pm25_max, excluded.pm25_max),"
+    " pm10_sum = rollup_air.pm10_sum + excluded.pm10_sum,"
+    " pm10_max = greatest(rollup_air.pm10_max, excluded.pm10_max), samples = rollup_air.samples + excluded.samples",
+    "speed": "INSERT INTO rollup_speed (pole_id, hour, bucket, n, over_limit)"
+    " SELECT $1::text, * FROM unnest($2::bigint[], $3::integer[], $4::bigint[], $5::bigint[])"
+    " ON CONFLICT (pole_id, hour, bucket) DO UPDATE SET n = rollup_speed.n + excluded.n,"
+    " over_limit = rollup_speed.over_limit + excluded.over_limit",
+    "fleet_hourly": "INSERT INTO rollup_fleet_hourly (hour, type, shard, n)"
+    " SELECT h, t, $1::smallint, c FROM unnest($2::bigint[], $3::text[], $4::bigint[]) AS u(h, t, c)"
+    " ON CONFLICT (hour, type, shard) DO UPDATE SET n = rollup_fleet_hourly.n + excluded.n",
+    "fleet_daily": "INSERT INTO rollup_fleet_daily (day, type, shard, n)"
+    " SELECT d, t, $1::smallint, c FROM unnest($2::bigint[], $3::text[], $4::bigint[]) AS u(d, t, c)"
+    " ON CONFLICT (day, type, shard) DO UPDATE SET n = rollup_fleet_daily.n + excluded.n",
+}
+
+
+async def _add_rollups(conn: asyncpg.Connection, pole_id: str, rollups: Rollups) -> None:
+    if not rollups:
+        return
+    hourly, daily = rollups.hourly_rows(), rollups.daily_rows()
+    shard = shard_of(pole_id)
+    per_table: list[tuple[str, Any, list[tuple[Any, ...]]]] = [
+        ("pole_hourly", pole_id, hourly),
+        ("pole_daily", pole_id, daily),
+        ("pole_hourly_total", pole_id, rollups.hourly_total_rows()),
+        ("pole_daily_total", pole_id, rollups.daily_total_rows()),
+        ("traffic", pole_id, rollups.traffic_rows()),
+        ("air", pole_id, rollups.air_rows()),
+        ("speed", pole_id, rollups.speed_rows()),
+        ("fleet_hourly", shard, hourly),
+        ("fleet_daily", shard, daily),
+    ]
+    for table, first, rows in per_table:
+        if rows:
+            await conn.execute(_ROLLUP_UPSERTS[table], first, *(list(c) for c in zip(*rows, strict=True)))
 
 
 def _walk_large_floats(value: Any) -> Any:
@@ -386,6 +581,8 @@ class PostgresStore:
                     if shas
                     else set()
                 )
+                # Last before the commit: the fleet rows it locks are shared with every other pole's batches.
+                await _add_rollups(conn, pole_id, rollups_of(e for e in kept if e.id in inserted))
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
         return InsertResult(
@@ -714,6 +911,29 @@ class PostgresStore:
     async def delete_session(self, session_hash: str) -> None:
         with _available():
             await self._pool.execute("DELETE FROM sessions WHERE session_hash = $1", session_hash)
+
+    # ------------------------------------------------------------------ analytics
+
+    async def _analytics(self, build: Callable[[Params], str]) -> list[Any]:
+        params = Params(lambda i: f"${i}")
+        sql = build(params)
+        with _available():
+            return list(await self._pool.fetch(sql, *params.values))
+
+    async def analytics_counts(self, query: CountsQuery) -> list[tuple[Any, int]]:
+        return [(r[0], int(r[1])) for r in await self._analytics(lambda p: counts_sql(query, p))]
+
+    async def analytics_hours_by_type(self, window: Window) -> list[tuple[int, str, int]]:
+        return [(int(r[0]), r[1], int(r[2])) for r in await self._analytics(lambda p: hours_by_type_sql(window, p))]
+
+    async def analytics_traffic(self, window: Window, limit: int) -> list[TrafficRow]:
+        return traffic_rows(await self._analytics(lambda p: traffic_sql(window, limit, p)))
+
+    async def analytics_air(self, window: Window, limit: int) -> list[AirRow]:
+        return air_rows(await self._analytics(lambda p: air_sql(window, limit, p)))
+
+    async def analytics_speed(self, window: Window, limit: int) -> list[SpeedRow]:
+        return speed_rows(await self._analytics(lambda p: speed_sql(window, limit, p)))
 
     def pool_stats(self) -> PoolStats:
         pool = self._pool

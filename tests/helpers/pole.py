@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -10,8 +11,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+from gateway.web.login import hash_password
 
 ROOT = Path(__file__).resolve().parents[2]
 INGEST_TOKEN = "ingest-token-for-tests-0123"
@@ -127,3 +132,22 @@ class PoleProcess:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"condition not met in {timeout}s; log tail:\n{self.log.read_text()[-2000:]}")
             time.sleep(interval)
+
+
+@asynccontextmanager
+async def standalone_pole(workdir: Path, password: str, **http: Any) -> AsyncIterator[PoleProcess]:
+    """A pole with no receiver behind it (simulated uplink) and a status-page password, stopped cleanly after."""
+    pole = PoleProcess(
+        workdir,
+        "http://127.0.0.1:9",
+        "unused",
+        uplink={"kind": "simulated"},
+        http={"password_hash": hash_password(password), **http},
+    )
+    await asyncio.to_thread(pole.start)
+    try:
+        yield pole
+    except BaseException:
+        await asyncio.to_thread(pole.stop)
+        raise
+    assert await asyncio.to_thread(pole.stop) == 0, "the pole did not stop cleanly on SIGTERM"
