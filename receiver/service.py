@@ -16,7 +16,7 @@ from receiver.auth import new_token, token_hash
 from receiver.config import ReceiverConfig
 from receiver.mediastore.factory import open_media_store
 from receiver.mqtt import MqttConsumer
-from receiver.store.base import TOKEN_ID_LENGTH, TokenRecord
+from receiver.store.base import TOKEN_ID_LENGTH, PoleChanges, TokenRecord
 from receiver.store.factory import open_store
 
 log = structlog.get_logger("receiver")
@@ -56,9 +56,26 @@ async def serve(config: ReceiverConfig, stop: asyncio.Event, on_listening: Calla
         log.info("receiver_stopped")
 
 
-async def add_pole(config: ReceiverConfig, pole_id: str) -> str:
-    """Register a pole (or give it one more token) and return the new token, to be shown once."""
-    return await _add_token(config, "pole", pole_id, None)
+async def add_pole(
+    config: ReceiverConfig,
+    pole_id: str,
+    name: str | None = None,
+    location: tuple[float, float] | None = None,
+    tags: list[str] | None = None,
+) -> str:
+    """Register a pole (or give it one more token) and return the new token, to be shown once;
+    ``name``, ``location`` (lat, lon) and ``tags``, when given, replace what the registry had."""
+    token = await _add_token(config, "pole", pole_id, None)
+    fields: dict[str, object] = {} if name is None else {"name": name}
+    if location is not None:
+        fields |= {"lat": location[0], "lon": location[1]}
+    if fields or tags is not None:
+        store = await open_store(config.receiver.database_url.get_secret_value(), 1)
+        try:
+            await store.update_pole(pole_id, PoleChanges(fields, tags))
+        finally:
+            await store.close()
+    return token
 
 
 async def add_reader(config: ReceiverConfig, name: str) -> str:
