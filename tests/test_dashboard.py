@@ -311,3 +311,34 @@ async def test_add_user_command(tmp_path: Path, smartpole_cmd: list[str], child_
             assert (await log_in(s, rx.url, "ana", "long enough 2")).status == 303
     finally:
         await stop_receiver(rx)
+
+
+async def test_charts_draw_the_last_hours_from_the_rollups(rx: RunningReceiver) -> None:
+    now = time.time()
+    token_2 = await rx.add_pole("pole-2")
+    events = [
+        event(1, type_="air_quality", priority="telemetry", pm2_5=12.5, pm10=20.0, samples=60),
+        event(2, type_="speed", priority="telemetry", speed_kmh=42.0, over_limit=False),
+        event(3, type_="speed", priority="telemetry", speed_kmh=61.0, over_limit=True),
+        event(4, type_="presence"),
+    ]
+    events[0]["ts"] = now - 2 * 3600
+    code, _ = await post(rx.url, batch("pole-1", events), rx.tokens["pole-1"])
+    assert code == 200
+    code, _ = await post(rx.url, batch("pole-2", [event(1, type_="air_quality", pm2_5=30.0, pm10=41.0)]), token_2)
+    assert code == 200
+    async with browser_session() as s:
+        await log_in(s, rx.url, "viewer", READER_PASSWORD)
+        status, html = await page(s, rx.url + "/charts")
+        assert status == 200
+        assert html.count('<svg class="chart"') == 4, "events, PM2.5, PM10 and speed all have data"
+        assert "air_quality" in html and "presence" in html and ">pole-2<" in html
+        assert "pole-1" in html and "12.5 µg/m³" in html and "30 µg/m³" in html
+        assert "2 vehicle passes, 1 over their limit" in html
+        status, html = await page(s, rx.url + "/charts?pole=pole-2&hours=6")
+        assert status == 200 and "pole-1" not in html
+        assert html.count('<svg class="chart"') == 3 and "Nothing in these hours" in html, "pole-2 has no speeds"
+        status, html = await page(s, rx.url + "/charts?hours=5")
+        assert status == 400 and "hours: one of" in html
+        status, html = await page(s, rx.url + "/charts?tag=%3Cb%3E")
+        assert status == 400 and "<b>" not in html

@@ -19,6 +19,7 @@ from receiver.config import DashboardSection
 from receiver.context import Context
 from receiver.dashboard.admin import AdminForms
 from receiver.dashboard.auth import VIEWER, DashboardAuth
+from receiver.dashboard.charts import ChartsPage
 from receiver.dashboard.fleet import FleetPage
 from receiver.dashboard.login import LoginPage
 from receiver.dashboard.media import MediaProxy
@@ -38,6 +39,7 @@ class Dashboard:
         self.pole = PolePage(ctx, self.render)
         self.admin = AdminForms(ctx, self.render, self.fleet, self.pole)
         self.media = MediaProxy(ctx, self.render)
+        self.charts = ChartsPage(ctx, self.render)
         self._access: dict[AbstractRoute, Access] = {}
 
     def register(self, app: web.Application) -> None:
@@ -47,6 +49,7 @@ class Dashboard:
         add(app, "POST", "/logout", self.login.log_out, "open")  # it ends the session, if there is one
         add(app, "GET", "/", self.fleet.page, "reader")
         add(app, "GET", "/poles/{pole_id}", self.pole.page, "reader")
+        add(app, "GET", "/charts", self.charts.page, "reader")
         add(app, "GET", "/media/{sha256}", self.media.get, "reader")
         add(app, "POST", "/poles", self.admin.register, "admin")
         add(app, "POST", "/poles/{pole_id}/revoke", self.admin.revoke, "admin")
