@@ -342,3 +342,23 @@ async def test_charts_draw_the_last_hours_from_the_rollups(rx: RunningReceiver) 
         assert status == 400 and "hours: one of" in html
         status, html = await page(s, rx.url + "/charts?tag=%3Cb%3E")
         assert status == 400 and "<b>" not in html
+
+
+def test_chart_geometry_and_the_series_it_keeps() -> None:
+    from receiver.dashboard import svg
+
+    since, until = 100 * 3600, 124 * 3600
+    counts = {f"type{n}": {since + 3600 * n: float(n + 1)} for n in range(8)}
+    chart = svg.line_chart("t", "events", counts, since, until, additive=True)
+    assert [line.name for line in chart.lines] == ["type7", "type6", "type5", "type4", "type3", "other"]
+    assert chart.lines[-1].dots and sum(1 for d in chart.lines[-1].dots) == 3, "types 0, 1 and 2 summed"
+    assert "3 smaller series" in chart.note
+    measured = svg.line_chart("t", "km/h", counts, since, until, additive=False)
+    assert len(measured.lines) == 6 and "2 more not drawn" in measured.note
+    (dot,) = chart.lines[0].dots
+    assert chart.left < dot.x < chart.right and chart.top <= dot.y < chart.bottom
+    assert [t.label for t in chart.y_ticks] == ["0", "2", "4", "6", "8", "10"], "8 rounds up to 10"
+    assert dot.y == round(chart.top + (chart.bottom - chart.top) * 0.2, 1)
+    assert len(chart.x_ticks) == 8 and chart.x_ticks[0].label == "04:00"
+    week = svg.line_chart("t", "events", {}, since, since + 168 * 3600, additive=True)
+    assert week.empty and all(len(t.label) == 5 and "-" in t.label for t in week.x_ticks)

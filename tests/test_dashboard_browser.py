@@ -3,7 +3,7 @@
 An admin logs in, registers two poles with the form (one of them then runs as a real
 ``smartpole run`` process with the street video as its camera), watches it come online in
 the fleet, opens the redacted thumbnail of one of its events, changes its configuration
-overlay and sees the pole report that it runs the new version. Screenshots land in
+overlay and sees the pole report that it runs the new version, then looks at the charts. Screenshots land in
 test-artifacts/ (``dashboard-fleet.png`` is the one in docs/).
 """
 
@@ -127,6 +127,11 @@ def scenario(driver: webdriver.Chrome, url: str, tmp_path: Path) -> None:
             refresh=True,
         )
         driver.save_screenshot(str(ARTIFACTS / "dashboard-config.png"))
+
+        driver.find_element(By.LINK_TEXT, "Charts").click()
+        WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "svg.chart circle"))
+        assert "presence" in driver.find_element(By.CSS_SELECTOR, "p.legend").text
+        driver.save_screenshot(str(ARTIFACTS / "dashboard-charts.png"))
     finally:
         pole.stop()
 

@@ -61,15 +61,16 @@ class Chart:
         return not self.lines
 
 
-def nice_ceiling(value: float) -> float:
-    """The smallest of 1, 2, 2.5, 5 times a power of ten that is at least ``value`` (1 for nothing)."""
+def nice_ceiling(value: float) -> tuple[float, int]:
+    """The top of the value axis, the smallest of 1, 2, 4, 5 times a power of ten that is at least
+    ``value`` (1 for nothing), and how many intervals divide it into round steps."""
     if value <= 0:
-        return 1.0
+        return 1.0, 4
     power = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
-        if step * power >= value:
-            return step * power
-    return 10 * power
+    for step in (1, 2, 4, 5, 10):
+        if step * power >= value * (1 - 1e-12):
+            return step * power, 5 if step in (5, 10) else 4
+    return 10 * power, 5
 
 
 def _label(value: float) -> str:
@@ -108,7 +109,8 @@ def line_chart(
     plot_w = WIDTH - LEFT - RIGHT
     plot_h = HEIGHT - TOP - BOTTOM
     span_h = max(1, (until - since) // HOUR)
-    top_value = nice_ceiling(max((v for values in kept.values() for v in values.values()), default=0.0))
+    highest = max((v for values in kept.values() for v in values.values()), default=0.0)
+    top_value, intervals = nice_ceiling(max(highest, 4.0) if additive else highest)  # counts: whole steps
 
     def x_of(hour: int) -> float:
         # Each hour is drawn at its middle.
@@ -123,7 +125,7 @@ def line_chart(
         dots = [Dot(x_of(h), y_of(values[h]), f"{name} {_hour_label(h, 1)}: {values[h]:g} {unit}") for h in hours]
         lines.append(Line(name, f"s{n}", " ".join(f"{d.x},{d.y}" for d in dots), dots))
     x_ticks = [Tick(x_of(h), _hour_label(h, span_h)) for h in range(since, until, HOUR) if _ticked(h, since, span_h)]
-    y_ticks = [Tick(y_of(top_value * i / 4), _label(top_value * i / 4)) for i in range(5)]
+    y_ticks = [Tick(y_of(top_value * i / intervals), _label(top_value * i / intervals)) for i in range(intervals + 1)]
     return Chart(title, unit, WIDTH, HEIGHT, lines, x_ticks, y_ticks, LEFT, WIDTH - RIGHT, TOP, HEIGHT - BOTTOM, note)
 
 
