@@ -20,11 +20,13 @@ from aiohttp.typedefs import Handler
 from httpkit.body import NO_AUTO_DECOMPRESS, Gunzip
 from httpkit.errors import json_error, json_errors
 from httpkit.headers import security_headers
+from receiver import openapi
 from receiver.analytics import Analytics
 from receiver.auth import TokenUse
 from receiver.batches import Batches
-from receiver.config import ReceiverSection
+from receiver.config import DashboardSection, ReceiverSection
 from receiver.context import Context
+from receiver.dashboard.site import Dashboard
 from receiver.events import Events
 from receiver.media import Media
 from receiver.mediastore.base import MediaStore
@@ -50,8 +52,9 @@ class Receiver:
         store: Store,
         metrics: ReceiverMetrics | None = None,
         media: MediaStore | None = None,
+        dashboard: DashboardSection | None = None,
     ) -> None:
-        """``media`` defaults to files under ``config.media_dir``."""
+        """``media`` defaults to files under ``config.media_dir``; ``dashboard`` to its defaults (served)."""
         self.ctx = Context(
             config,
             policy,
@@ -69,6 +72,8 @@ class Receiver:
         self.remote = RemoteConfig(self.ctx)
         self.operations = Operations(self.ctx)
         self.analytics = Analytics(self.ctx)
+        settings = dashboard or DashboardSection()
+        self.dashboard = Dashboard(self.ctx, settings) if settings.enabled else None
 
     def make_app(self, extra_middlewares: Iterable[Any] = ()) -> web.Application:
         """The aiohttp application. ``extra_middlewares`` run inside ours (tests use it to inject faults)."""
@@ -76,7 +81,13 @@ class Receiver:
         largest = max(config.max_body_bytes, config.max_media_bytes, config.max_clip_bytes)
         app = web.Application(
             client_max_size=largest,
-            middlewares=[security_headers, self._observe, json_errors(largest), *extra_middlewares],
+            middlewares=[
+                security_headers,
+                self._observe,
+                json_errors(largest),
+                *([self.dashboard.middleware] if self.dashboard else []),
+                *extra_middlewares,
+            ],
             handler_args=NO_AUTO_DECOMPRESS,  # bodies are read and gunzipped by httpkit.body, bounded
         )
         app.router.add_post(BATCHES_PATH, self.batches.post)
@@ -103,6 +114,9 @@ class Receiver:
         app.router.add_get("/v1/analytics/speed", self.analytics.speed)
         app.router.add_get("/health", self.operations.health)
         app.router.add_get("/metrics", self.operations.metrics)
+        app.router.add_get("/openapi.json", openapi.serve)
+        if self.dashboard is not None:
+            self.dashboard.register(app)
         return app
 
     @web.middleware

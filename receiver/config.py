@@ -145,6 +145,28 @@ class MediaSection(Strict):
     s3: S3Section = Field(default_factory=S3Section, description="Object storage settings for store = 's3'.")
 
 
+class DashboardSection(Strict):
+    """The operators' dashboard at ``/``: logins, sessions and how the receiver is reached."""
+
+    enabled: bool = Field(True, description="Serve the dashboard (and its login) at / beside the API.")
+    session_hours: float = Field(8.0, gt=0, le=168, description="How long an operator stays logged in.")
+    trust_forwarded: bool = Field(
+        False,
+        description="Behind a reverse proxy that terminates TLS: trust its X-Forwarded-Proto (https makes the "
+        "session cookie Secure) and X-Forwarded-For (the address login throttling counts). Only when every "
+        "request comes through that proxy.",
+    )
+    login_free_failures: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Failed logins in a row from one address before its back-off starts (2 s, doubling).",
+    )
+    login_failures_per_minute: int = Field(
+        30, ge=1, description="Failed logins a minute from all addresses together; beyond, every login gets a 429."
+    )
+
+
 class ReceiverLogging(Strict):
     """Log output."""
 
@@ -161,4 +183,7 @@ class ReceiverConfig(Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="What the receiver refuses to store.")
     mqtt: MqttSection = Field(default_factory=MqttSection, description="Batches from poles through an MQTT broker.")
     media: MediaSection = Field(default_factory=MediaSection, description="Where media is kept: a directory or S3.")
+    dashboard: DashboardSection = Field(
+        default_factory=DashboardSection, description="The operators' dashboard: logins and sessions."
+    )
     logging: ReceiverLogging = Field(default_factory=ReceiverLogging, description="Log level and format.")

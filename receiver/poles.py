@@ -113,6 +113,26 @@ def parse_pole_query(query: Mapping[str, str], online_since: float) -> PoleQuery
     )
 
 
+async def register(ctx: Context, new: NewPole) -> tuple[PoleState, str] | None:
+    """Register ``new`` with a fresh token: the pole and its token (to be shown once), or None if it exists."""
+    token = new_token()
+    location = new.location
+    created = await ctx.store.register_pole(
+        new.pole_id,
+        token_hash(token),
+        time.time(),
+        new.name,
+        location.lat if location else None,
+        location.lon if location else None,
+        new.tags,
+    )
+    if not created:
+        return None
+    pole = await ctx.store.get_pole(new.pole_id)
+    assert pole is not None
+    return pole, token
+
+
 class Poles:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -153,23 +173,12 @@ class Poles:
             new = parse_model(NewPole, await read_document(request))
         except BadRequest as exc:
             return json_error(exc.status, str(exc))
-        token = new_token()
-        location = new.location
-        created = await self.ctx.store.register_pole(
-            new.pole_id,
-            token_hash(token),
-            time.time(),
-            new.name,
-            location.lat if location else None,
-            location.lon if location else None,
-            new.tags,
-        )
-        if not created:
+        registered = await register(self.ctx, new)
+        if registered is None:
             return json_error(
                 409, f"pole {new.pole_id!r} exists; POST /v1/poles/{new.pole_id}/tokens gives it another token"
             )
-        pole = await self.ctx.store.get_pole(new.pole_id)
-        assert pole is not None
+        pole, token = registered
         return json_response({"pole": self.view(pole), "token": token, "token_id": token_id_of(token_hash(token))}, 201)
 
     async def update(self, request: web.Request) -> web.Response:

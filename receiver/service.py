@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Callable
 
 import structlog
 from aiohttp import web
 
+from httpkit.passwords import hash_password
 from receiver.app import Receiver
 from receiver.auth import new_token, token_hash
 from receiver.config import ReceiverConfig
 from receiver.mediastore.factory import open_media_store
 from receiver.mqtt import MqttConsumer
-from receiver.store.base import TOKEN_ID_LENGTH, TokenRecord
+from receiver.store.base import TOKEN_ID_LENGTH, PoleChanges, TokenRecord
 from receiver.store.factory import open_store
 
 log = structlog.get_logger("receiver")
@@ -26,7 +28,7 @@ async def serve(config: ReceiverConfig, stop: asyncio.Event, on_listening: Calla
     store = await open_store(section.database_url.get_secret_value(), section.pool_size)
     media = open_media_store(config.media, section.media_dir)
     try:
-        receiver = Receiver(section, config.policy, store, media=media)
+        receiver = Receiver(section, config.policy, store, media=media, dashboard=config.dashboard)
         runner = web.AppRunner(receiver.make_app(), access_log=None, shutdown_timeout=5)
         await runner.setup()
         site = web.TCPSite(runner, section.bind, section.port)
@@ -54,9 +56,26 @@ async def serve(config: ReceiverConfig, stop: asyncio.Event, on_listening: Calla
         log.info("receiver_stopped")
 
 
-async def add_pole(config: ReceiverConfig, pole_id: str) -> str:
-    """Register a pole (or give it one more token) and return the new token, to be shown once."""
-    return await _add_token(config, "pole", pole_id, None)
+async def add_pole(
+    config: ReceiverConfig,
+    pole_id: str,
+    name: str | None = None,
+    location: tuple[float, float] | None = None,
+    tags: list[str] | None = None,
+) -> str:
+    """Register a pole (or give it one more token) and return the new token, to be shown once;
+    ``name``, ``location`` (lat, lon) and ``tags``, when given, replace what the registry had."""
+    token = await _add_token(config, "pole", pole_id, None)
+    fields: dict[str, object] = {} if name is None else {"name": name}
+    if location is not None:
+        fields |= {"lat": location[0], "lon": location[1]}
+    if fields or tags is not None:
+        store = await open_store(config.receiver.database_url.get_secret_value(), 1)
+        try:
+            await store.update_pole(pole_id, PoleChanges(fields, tags))
+        finally:
+            await store.close()
+    return token
 
 
 async def add_reader(config: ReceiverConfig, name: str) -> str:
@@ -75,6 +94,17 @@ async def _add_token(config: ReceiverConfig, role: str, pole_id: str | None, nam
         token = new_token()
         await store.add_token(token_hash(token), role, pole_id, name)
         return token
+    finally:
+        await store.close()
+
+
+async def add_user(config: ReceiverConfig, name: str, role: str, password: str) -> bool:
+    """Create a dashboard user, or give an existing one this role and password (logging it out
+    everywhere); True if created. The password is kept only as its scrypt hash."""
+    password_hash = await asyncio.to_thread(hash_password, password)
+    store = await open_store(config.receiver.database_url.get_secret_value(), 1)
+    try:
+        return await store.put_user(name, role, password_hash, time.time())
     finally:
         await store.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -144,6 +145,8 @@ def cmd_receiver(args: argparse.Namespace) -> int:
         print(token)
         print(f"reader {args.name}: token above (id {token_id_of(token_hash(token))}), shown once", file=sys.stderr)
         return 0
+    if action == "add-user":
+        return _add_user(config, args)
     if action == "list-tokens":
         print(format_tokens(uvloop.run(service.list_tokens(config))))
         return 0
@@ -172,6 +175,35 @@ def cmd_receiver(args: argparse.Namespace) -> int:
         await service.serve(config, stop)
 
     uvloop.run(main())
+    return 0
+
+
+MIN_PASSWORD = 8
+
+
+def _add_user(config: Any, args: argparse.Namespace) -> int:
+    """``receiver add-user``: the password from --password, else asked twice without echo."""
+    import getpass
+
+    import uvloop
+
+    from receiver import service
+    from receiver.store.base import USER_NAME_PATTERN
+
+    if not re.fullmatch(USER_NAME_PATTERN, args.name):
+        print("smartpole receiver add-user: NAME: letters, digits, . _ @ - (at most 64)", file=sys.stderr)
+        return EXIT_CONFIG
+    password = args.password
+    if password is None:
+        password = getpass.getpass(f"Password for {args.name}: ")
+        if getpass.getpass("Again: ") != password:
+            print("smartpole receiver add-user: the two passwords differ", file=sys.stderr)
+            return EXIT_CONFIG
+    if len(password) < MIN_PASSWORD:
+        print(f"smartpole receiver add-user: use at least {MIN_PASSWORD} characters", file=sys.stderr)
+        return EXIT_CONFIG
+    created = uvloop.run(service.add_user(config, args.name, args.role, password))
+    print(f"user {args.name} ({args.role}) {'created' if created else 'updated, and logged out everywhere'}")
     return 0
 
 
@@ -276,6 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a new admin token: reads all, registers, revokes and configures poles",
     )
     a.add_argument("name", metavar="NAME")
+    a = actions.add_parser(
+        "add-user",
+        parents=[receiver_config],
+        help="create a dashboard user (or change its role and password), who logs in at / with a password",
+    )
+    a.add_argument("name", metavar="NAME")
+    a.add_argument(
+        "--role", choices=["reader", "admin"], required=True, help="reader: sees everything; admin: also changes"
+    )
+    a.add_argument("--password", default=None, help="the password (default: ask twice without echo)")
     actions.add_parser(
         "list-tokens",
         parents=[receiver_config],

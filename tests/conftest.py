@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from receiver.app import Receiver
 from receiver.auth import new_token, token_hash
-from receiver.config import ReceiverSection
+from receiver.config import DashboardSection, ReceiverSection
 from receiver.mediastore.base import MediaStore
 from receiver.policy import PolicyConfig
 from receiver.store.base import Store
@@ -122,12 +122,13 @@ async def start_receiver(
     middlewares: Iterable[Any] = (),
     policy: PolicyConfig | None = None,
     media: MediaStore | None = None,
+    dashboard: DashboardSection | None = None,
     **section: Any,
 ) -> RunningReceiver:
     """``media`` defaults to files under ``media_dir``."""
     config = ReceiverSection(port=port, database_url=SecretStr(database_url), media_dir=media_dir, **section)
     store = await open_store(database_url, 4)
-    receiver = Receiver(config, policy or PolicyConfig(), store, media=media)
+    receiver = Receiver(config, policy or PolicyConfig(), store, media=media, dashboard=dashboard)
     runner = web.AppRunner(receiver.make_app(middlewares), access_log=None, shutdown_timeout=1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)

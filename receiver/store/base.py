@@ -29,9 +29,13 @@ from sync.protocol import Rejection, WireEvent
 #    configuration versions (target and applied) and the figures fleet metrics read; pole_tags and
 #    config_overlays (remote configuration per pole and per tag).
 # 5: analytics rollups (receiver/store/rollups.py), built from the events already stored.
-SCHEMA_VERSION = 5
+# 6: the dashboard's human users (scrypt password hashes), their sessions (only a hash of each
+#    session id) and the history of configuration overlays.
+SCHEMA_VERSION = 6
 TOKEN_ID_LENGTH = 12
 ROLES = ("pole", "reader", "admin")
+USER_ROLES = ("reader", "admin")  # a human logs in to the dashboard as one of these
+USER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
 TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 Scope = Literal["pole", "tag"]
 
@@ -225,6 +229,37 @@ def target_versions(layers: dict[str, list[Overlay]]) -> dict[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfigChange:
+    """One change of a pole's or a tag's overlay: the version it set (``overlay`` None: removed)."""
+
+    scope: Scope
+    name: str
+    version: str
+    overlay: dict[str, Any] | None
+    changed_at: float
+    changed_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A human who logs in to the dashboard."""
+
+    name: str
+    role: str  # one of USER_ROLES
+    password_hash: str  # scrypt, see httpkit.passwords
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A logged-in dashboard session, as found by the hash of its id."""
+
+    user: str
+    role: str
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class FleetSummary:
     """The fleet's figures for ``/metrics``, from one query."""
 
@@ -343,6 +378,10 @@ class Store(Protocol):
 
     async def query_events(self, query: EventQuery) -> EventPage: ...
 
+    async def recent_events(self, pole_id: str, limit: int) -> list[dict[str, Any]]:
+        """The pole's ``limit`` latest events by their time, newest first (as ``GET /v1/events`` shows them)."""
+        ...
+
     async def poles(self) -> list[PoleState]:
         """Every pole, by id."""
         ...
@@ -387,7 +426,30 @@ class Store(Protocol):
         """The layers of a pole's effective overlay, in merge order: its tags' by tag name, then its own."""
         ...
 
+    async def config_history(self, scope: Scope, name: str, limit: int) -> list[ConfigChange]:
+        """The latest ``limit`` changes of one overlay, newest first."""
+        ...
+
     async def fleet_summary(self, online_since: float) -> FleetSummary: ...
+
+    # The dashboard's users and sessions.
+
+    async def put_user(self, name: str, role: str, password_hash: str, now: float) -> bool:
+        """Create a user, or give an existing one this role and password and end its sessions;
+        True if created."""
+        ...
+
+    async def get_user(self, name: str) -> User | None: ...
+
+    async def add_session(self, session_hash: str, user: str, now: float, expires_at: float) -> None:
+        """Store a new session (and forget the expired ones)."""
+        ...
+
+    async def lookup_session(self, session_hash: str, now: float) -> Session | None:
+        """The session, if it exists, has not expired and its user still exists."""
+        ...
+
+    async def delete_session(self, session_hash: str) -> None: ...
 
     # Analytics, from the rollups (receiver/store/analytics.py); ``limit`` bounds the rows.
 

@@ -33,6 +33,7 @@ from receiver.store.analytics import (
 )
 from receiver.store.base import (
     POLE_COLUMNS,
+    ConfigChange,
     EventPage,
     EventQuery,
     FleetSummary,
@@ -44,10 +45,12 @@ from receiver.store.base import (
     PoleState,
     PoolStats,
     Scope,
+    Session,
     StatusFigures,
     StoreError,
     TokenInfo,
     TokenRecord,
+    User,
     event_row,
     layers_by_pole,
     pole_state,
@@ -280,6 +283,32 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX rollup_speed_by_hour ON rollup_speed (hour, pole_id)",
         # The planner's figures now, not when autovacuum gets round to these tables.
         *(f"ANALYZE {table}" for table in _ROLLUP_TABLES),
+    ],
+    6: [
+        """CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL CHECK (role IN ('reader', 'admin')),
+            password_hash TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE TABLE sessions (
+            session_hash TEXT PRIMARY KEY,
+            user_name TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX sessions_by_expiry ON sessions (expires_at)",
+        "CREATE INDEX sessions_by_user ON sessions (user_name)",
+        """CREATE TABLE config_history (
+            n BIGSERIAL PRIMARY KEY,
+            scope TEXT NOT NULL,
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            overlay JSONB,
+            changed_at DOUBLE PRECISION NOT NULL,
+            changed_by TEXT
+        )""",
+        "CREATE INDEX config_history_by_name ON config_history (scope, name, n)",
     ],
 }
 
@@ -604,6 +633,16 @@ class PostgresStore:
             rows = rows[: query.limit]
             return EventPage([public_event(*r[1:]) for r in rows], rows[-1][0] if more else None)
 
+    async def recent_events(self, pole_id: str, limit: int) -> list[dict[str, Any]]:
+        with _available():
+            rows = await self._pool.fetch(
+                "SELECT pole_id, event_id::text, seq, ts, type, priority, lat, lon, location_source, data, media,"
+                " received_at FROM events WHERE pole_id = $1 ORDER BY ts DESC LIMIT $2",
+                pole_id,
+                limit,
+            )
+            return [public_event(*r) for r in rows]
+
     async def poles(self) -> list[PoleState]:
         out: list[PoleState] = []
         after = None
@@ -757,6 +796,16 @@ class PostgresStore:
                         now,
                         by,
                     )
+                await conn.execute(
+                    "INSERT INTO config_history (scope, name, version, overlay, changed_at, changed_by)"
+                    " VALUES ($1, $2, $3, $4::jsonb, $5, $6)",
+                    scope,
+                    name,
+                    overlay_version(overlay or {}),
+                    overlay,
+                    now,
+                    by,
+                )
                 if scope == "pole":
                     reached = [name]
                 else:
@@ -776,6 +825,17 @@ class PostgresStore:
     async def pole_overlays(self, pole_id: str) -> list[Overlay]:
         with _available():
             return (await self._layers_of(self._pool, [pole_id]))[pole_id]
+
+    async def config_history(self, scope: Scope, name: str, limit: int) -> list[ConfigChange]:
+        with _available():
+            rows = await self._pool.fetch(
+                "SELECT scope, name, version, overlay, changed_at, changed_by FROM config_history"
+                " WHERE scope = $1 AND name = $2 ORDER BY n DESC LIMIT $3",
+                scope,
+                name,
+                limit,
+            )
+            return [ConfigChange(*r) for r in rows]
 
     async def fleet_summary(self, online_since: float) -> FleetSummary:
         with _available():
@@ -797,6 +857,60 @@ class PostgresStore:
             return FleetSummary(
                 int(row[0]), int(row[1]), int(row[2]), int(row[3]), float(row[4]), float(row[5]), row[6], row[7]
             )
+
+    # ------------------------------------------------------------------ dashboard users and sessions
+
+    async def put_user(self, name: str, role: str, password_hash: str, now: float) -> bool:
+        with _available():
+            async with self._pool.acquire() as conn, conn.transaction():
+                created = await conn.fetchval(
+                    "INSERT INTO users (name, role, password_hash, created_at) VALUES ($1, $2, $3, $4)"
+                    " ON CONFLICT (name) DO NOTHING RETURNING true",
+                    name,
+                    role,
+                    password_hash,
+                    now,
+                )
+                if created:
+                    return True
+                await conn.execute(
+                    "UPDATE users SET role = $2, password_hash = $3 WHERE name = $1", name, role, password_hash
+                )
+                await conn.execute("DELETE FROM sessions WHERE user_name = $1", name)
+                return False
+
+    async def get_user(self, name: str) -> User | None:
+        with _available():
+            row = await self._pool.fetchrow(
+                "SELECT name, role, password_hash, created_at FROM users WHERE name = $1", name
+            )
+            return None if row is None else User(*row)
+
+    async def add_session(self, session_hash: str, user: str, now: float, expires_at: float) -> None:
+        with _available():
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("DELETE FROM sessions WHERE expires_at <= $1", now)
+                await conn.execute(
+                    "INSERT INTO sessions (session_hash, user_name, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+                    session_hash,
+                    user,
+                    now,
+                    expires_at,
+                )
+
+    async def lookup_session(self, session_hash: str, now: float) -> Session | None:
+        with _available():
+            row = await self._pool.fetchrow(
+                "SELECT u.name, u.role, s.expires_at FROM sessions s JOIN users u ON u.name = s.user_name"
+                " WHERE s.session_hash = $1 AND s.expires_at > $2",
+                session_hash,
+                now,
+            )
+            return None if row is None else Session(*row)
+
+    async def delete_session(self, session_hash: str) -> None:
+        with _available():
+            await self._pool.execute("DELETE FROM sessions WHERE session_hash = $1", session_hash)
 
     # ------------------------------------------------------------------ analytics
 

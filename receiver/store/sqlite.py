@@ -31,6 +31,7 @@ from receiver.store.analytics import (
 )
 from receiver.store.base import (
     POLE_COLUMNS,
+    ConfigChange,
     EventPage,
     EventQuery,
     FleetSummary,
@@ -42,10 +43,12 @@ from receiver.store.base import (
     PoleState,
     PoolStats,
     Scope,
+    Session,
     StatusFigures,
     StoreError,
     TokenInfo,
     TokenRecord,
+    User,
     event_row,
     layers_by_pole,
     pole_state,
@@ -258,6 +261,32 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX rollup_traffic_by_hour ON rollup_traffic (hour, pole_id)",
         "CREATE INDEX rollup_air_by_hour ON rollup_air (hour, pole_id)",
         "CREATE INDEX rollup_speed_by_hour ON rollup_speed (hour, pole_id)",
+    ],
+    6: [
+        """CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL CHECK (role IN ('reader', 'admin')),
+            password_hash TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE sessions (
+            session_hash TEXT PRIMARY KEY,
+            user_name TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        )""",
+        "CREATE INDEX sessions_by_expiry ON sessions (expires_at)",
+        "CREATE INDEX sessions_by_user ON sessions (user_name)",
+        """CREATE TABLE config_history (
+            n INTEGER PRIMARY KEY,
+            scope TEXT NOT NULL,
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            overlay TEXT,
+            changed_at REAL NOT NULL,
+            changed_by TEXT
+        )""",
+        "CREATE INDEX config_history_by_name ON config_history (scope, name, n)",
     ],
 }
 
@@ -584,6 +613,20 @@ class SqliteStore:
             ]
             return EventPage(events, rows[-1][0] if more else None)
 
+    async def recent_events(self, pole_id: str, limit: int) -> list[dict[str, Any]]:
+        with _available():
+            rows = await self._reader.execute_fetchall(
+                "SELECT pole_id, event_id, seq, ts, type, priority, lat, lon, location_source, data, media,"
+                " received_at FROM events WHERE pole_id = ? ORDER BY ts DESC LIMIT ?",
+                (pole_id, limit),
+            )
+            return [
+                public_event(
+                    pole, event_id, seq, ts, type_, prio, lat, lon, src, orjson.loads(data), orjson.loads(m), at
+                )
+                for pole, event_id, seq, ts, type_, prio, lat, lon, src, data, m, at in rows
+            ]
+
     async def poles(self) -> list[PoleState]:
         out: list[PoleState] = []
         after = None
@@ -728,6 +771,18 @@ class SqliteStore:
                         " updated_by = excluded.updated_by",
                         (scope, name, orjson.dumps(overlay).decode(), overlay_version(overlay), now, by),
                     )
+                await db.execute(
+                    "INSERT INTO config_history (scope, name, version, overlay, changed_at, changed_by)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        scope,
+                        name,
+                        overlay_version(overlay or {}),
+                        None if overlay is None else orjson.dumps(overlay).decode(),
+                        now,
+                        by,
+                    ),
+                )
                 if scope == "pole":
                     reached = [name]
                 else:
@@ -749,6 +804,15 @@ class SqliteStore:
     async def pole_overlays(self, pole_id: str) -> list[Overlay]:
         with _available():
             return (await self._layers_of(self._reader, [pole_id]))[pole_id]
+
+    async def config_history(self, scope: Scope, name: str, limit: int) -> list[ConfigChange]:
+        with _available():
+            rows = await self._reader.execute_fetchall(
+                "SELECT scope, name, version, overlay, changed_at, changed_by FROM config_history"
+                " WHERE scope = ? AND name = ? ORDER BY n DESC LIMIT ?",
+                (scope, name, limit),
+            )
+            return [ConfigChange(r[0], r[1], r[2], orjson.loads(r[3]) if r[3] else None, r[4], r[5]) for r in rows]
 
     async def fleet_summary(self, online_since: float) -> FleetSummary:
         with _available():
@@ -772,6 +836,58 @@ class SqliteStore:
             return FleetSummary(
                 int(row[0]), int(row[1]), int(row[2]), int(row[3]), float(row[4]), float(row[5]), row[6], row[7]
             )
+
+    # ------------------------------------------------------------------ dashboard users and sessions
+
+    async def put_user(self, name: str, role: str, password_hash: str, now: float) -> bool:
+        with _available():
+            async with self._transaction() as db:
+                cur = await db.execute(
+                    "INSERT INTO users (name, role, password_hash, created_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (name) DO NOTHING",
+                    (name, role, password_hash, now),
+                )
+                if cur.rowcount == 1:
+                    return True
+                await db.execute(
+                    "UPDATE users SET role = ?, password_hash = ? WHERE name = ?", (role, password_hash, name)
+                )
+                await db.execute("DELETE FROM sessions WHERE user_name = ?", (name,))
+                return False
+
+    async def get_user(self, name: str) -> User | None:
+        with _available():
+            row = await (
+                await self._reader.execute(
+                    "SELECT name, role, password_hash, created_at FROM users WHERE name = ?", (name,)
+                )
+            ).fetchone()
+            return None if row is None else User(*row)
+
+    async def add_session(self, session_hash: str, user: str, now: float, expires_at: float) -> None:
+        with _available():
+            async with self._transaction() as db:
+                await db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
+                await db.execute(
+                    "INSERT INTO sessions (session_hash, user_name, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                    (session_hash, user, now, expires_at),
+                )
+
+    async def lookup_session(self, session_hash: str, now: float) -> Session | None:
+        with _available():
+            row = await (
+                await self._reader.execute(
+                    "SELECT u.name, u.role, s.expires_at FROM sessions s JOIN users u ON u.name = s.user_name"
+                    " WHERE s.session_hash = ? AND s.expires_at > ?",
+                    (session_hash, now),
+                )
+            ).fetchone()
+            return None if row is None else Session(*row)
+
+    async def delete_session(self, session_hash: str) -> None:
+        with _available():
+            async with self._transaction() as db:
+                await db.execute("DELETE FROM sessions WHERE session_hash = ?", (session_hash,))
 
     # ------------------------------------------------------------------ analytics
 
