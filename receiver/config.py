@@ -156,10 +156,14 @@ class RetentionSection(Strict):
     )
     maintenance_interval_s: float = Field(
         3600.0,
-        ge=0,
-        description="Each receiver runs maintenance (partitions ahead, retention) at start and then this often; "
-        "one at a time across receivers. 0: only at start, and partitions only (a cron job runs 'smartpole "
-        "receiver maintain').",
+        gt=0,
+        description="Each receiver runs maintenance (partitions ahead, and retention unless retention_in_receiver "
+        "is false) at start and then this often; one process at a time across receivers.",
+    )
+    retention_in_receiver: bool = Field(
+        True,
+        description="Receivers apply retention in their maintenance; false leaves it to a cron job running "
+        "'smartpole receiver maintain' (receivers still create partitions ahead).",
     )
     partition_days: int = Field(
         1, ge=1, le=31, description="PostgreSQL: days of event time per partition of the events table (new ones)."

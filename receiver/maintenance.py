@@ -79,15 +79,12 @@ async def run_maintenance(
 
 
 async def maintenance_loop(store: Store, media: MediaStore, config: RetentionSection) -> None:
-    """Maintain at start (partitions only when the interval is 0) and then every interval, until cancelled.
-    A failed run is logged and the next one comes at its time."""
-    interval = config.maintenance_interval_s
+    """Maintain at start and then every interval, until cancelled. A failed run is logged and the next one
+    comes at its time."""
     while True:
         try:
-            summary = await run_maintenance(store, media, config, retention=interval > 0)
+            summary = await run_maintenance(store, media, config, retention=config.retention_in_receiver)
             log.info("maintenance_done", **summary.as_dict())
         except StoreError as exc:
             log.error("maintenance_failed", error=str(exc))
-        if interval == 0:
-            return
-        await asyncio.sleep(interval)
+        await asyncio.sleep(config.maintenance_interval_s)

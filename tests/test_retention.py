@@ -391,3 +391,23 @@ async def test_maintain_command_prints_a_json_summary(
         assert summary["partitions_created"] >= 8
     assert summary["backend"] == ("sqlite" if backend == "sqlite" else "postgresql")
     assert summary["rows_trimmed"] + summary["rows_dropped"] == 1 and summary["skipped"] is None
+
+
+async def test_receivers_leave_retention_to_a_cron_job_when_told(tmp_path: Path) -> None:
+    async with pg_schema() as url:
+        store = await open_store(url)
+        try:
+            expired = wire(NOW - 40 * DAY_S, "telemetry")
+            await put(store, [expired])
+            config = RetentionSection(types={"telemetry": 30}, retention_in_receiver=False, maintenance_interval_s=60)
+            task = asyncio.create_task(maintenance_loop(store, LocalMediaStore(tmp_path / "media"), config))
+            try:
+                async with asyncio.timeout(10):
+                    while not await table_names(store):
+                        await asyncio.sleep(0.02)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            assert ids(await stored(store)) == {expired.id}  # partitions made, nothing removed
+        finally:
+            await store.close()
