@@ -411,3 +411,36 @@ async def test_receivers_leave_retention_to_a_cron_job_when_told(tmp_path: Path)
             assert ids(await stored(store)) == {expired.id}  # partitions made, nothing removed
         finally:
             await store.close()
+
+
+async def test_a_receiver_process_makes_its_partitions_at_start(tmp_path: Path, child_env: dict[str, str]) -> None:
+    import signal
+    import sys
+
+    from tests.helpers.pole import free_port
+
+    async with pg_schema() as url:
+        store = await open_store(url, 1)
+        try:
+            config = tmp_path / "receiver.toml"
+            config.write_text(
+                f'[receiver]\nport = {free_port()}\ndatabase_url = "{url}"\nmedia_dir = "{tmp_path / "media"}"\n'
+                '[logging]\nformat = "json"\n[retention]\npartitions_ahead_days = 3\n'
+            )
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "smartpole.cli", "receiver", "--config", str(config)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=child_env,
+            )
+            try:
+                async with asyncio.timeout(30):
+                    while len(await table_names(store)) < 7:  # three days behind, today, three ahead
+                        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                        await asyncio.sleep(0.1)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                output = (await asyncio.to_thread(proc.communicate, timeout=20))[0].decode()
+            assert proc.returncode == 0, output
+        finally:
+            await store.close()
