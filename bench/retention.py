@@ -42,7 +42,7 @@ CHUNK = 500_000
 
 _LOAD = """
 WITH g AS (
-    SELECT i, gen_random_uuid() AS id, $3 + (i - 1) * $4 AS ts, 'pole-' || (i % 1000) AS pole
+    SELECT i, gen_random_uuid() AS id, $3::float8 + (i - 1) * $4::float8 AS ts, 'pole-' || (i % 1000) AS pole
     FROM generate_series($1::bigint, $2::bigint) AS i
 ), k AS (
     INSERT INTO event_keys (pole_id, event_id) SELECT pole, id FROM g
