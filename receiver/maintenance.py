@@ -80,11 +80,13 @@ async def run_maintenance(
 
 async def maintenance_loop(store: Store, media: MediaStore, config: RetentionSection) -> None:
     """Maintain at start and then every interval, until cancelled. A failed run is logged and the next one
-    comes at its time."""
+    comes at its time: whatever went wrong, the receiver goes on serving."""
     while True:
         try:
             summary = await run_maintenance(store, media, config, retention=config.retention_in_receiver)
             log.info("maintenance_done", **summary.as_dict())
         except StoreError as exc:
             log.error("maintenance_failed", error=str(exc))
+        except Exception:
+            log.exception("maintenance_failed")
         await asyncio.sleep(config.maintenance_interval_s)

@@ -444,3 +444,48 @@ async def test_a_receiver_process_makes_its_partitions_at_start(tmp_path: Path, 
             assert proc.returncode == 0, output
         finally:
             await store.close()
+
+
+async def test_postgres_drops_wait_for_the_next_run_rather_than_stall_ingest() -> None:
+    async with pg_schema() as url:
+        store = await open_store(url)
+        reader = await asyncpg.connect(url)
+        try:
+            await store.maintain(RetentionRules(), PartitionLayout(days=1, ahead_days=10), NOW - 5 * DAY_S)
+            old = [wire(NOW - 14 * DAY_S, "telemetry") for _ in range(3)]
+            await put(store, old)
+            reading = reader.transaction()
+            await reading.start()
+            await reader.execute("LOCK TABLE events IN ACCESS SHARE MODE")  # a long report holding events
+            rules = RetentionRules(types={"telemetry": 7})
+            layout = PartitionLayout(days=1, ahead_days=1, lock_timeout_s=0.2)
+            report = await asyncio.wait_for(store.maintain(rules, layout, NOW), 10)
+            assert report.deferred == 1 and report.partitions_dropped == 0
+            # Ingest went on meanwhile; after the report, the next run drops.
+            assert await put(store, [wire(NOW, "telemetry")])
+            await reading.rollback()
+            report = await store.maintain(rules, layout, NOW)
+            assert report.deferred == 0 and report.rows_dropped == 3
+        finally:
+            await reader.close()
+            await store.close()
+
+
+async def test_postgres_a_run_stopped_after_detaching_is_finished_by_the_next() -> None:
+    async with pg_schema() as url:
+        store = await open_store(url)
+        try:
+            await store.maintain(RetentionRules(), PartitionLayout(days=1, ahead_days=10), NOW - 5 * DAY_S)
+            old = [wire(NOW - 14 * DAY_S, "telemetry") for _ in range(3)]
+            await put(store, old)
+            name = "events_p" + _day(NOW - 14 * DAY_S)
+            async with store._pool.acquire() as conn:  # type: ignore[attr-defined]
+                await conn.execute(f"ALTER TABLE events DETACH PARTITION {name}")
+                await conn.execute(f"ALTER TABLE {name} RENAME TO events_expired_{name.removeprefix('events_')}")
+            report = await store.maintain(RetentionRules(types={"telemetry": 7}), PartitionLayout(), NOW)
+            assert report.rows_dropped == 3
+            async with store._pool.acquire() as conn:  # type: ignore[attr-defined]
+                assert await conn.fetchval("SELECT count(*) FROM event_keys") == 0
+                assert await conn.fetchval("SELECT to_regclass($1)", "events_expired_" + name[7:]) is None
+        finally:
+            await store.close()

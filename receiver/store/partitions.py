@@ -17,8 +17,8 @@ long: a partition is made as a plain table and attached (``SHARE UPDATE EXCLUSIV
 ingest goes on); detaching one waits at most ``lock_timeout_s`` for its brief exclusive lock, else
 that step waits for the next run. Expired events go by
 
-- dropping a partition when every type in it is expired (its keys deleted, from the detached
-  table, in chunks, then the table dropped);
+- dropping a partition when every type in it is expired (all such partitions detached under one
+  brief lock; then their keys deleted, from the detached tables, in chunks, and the tables dropped);
 - otherwise trimming: deleting the types whose retention ended before the partition's end, from
   partitions older than the shortest retention (never the partition being written), through a
   ``(type, ts)`` index each such partition gets when it first needs trimming;
@@ -96,6 +96,8 @@ class Maintainer:
         try:
             async with self.conn.transaction():
                 await self.conn.execute(self._lock_timeout)
+                # First, so no row for the new range can reach the default while its rows move out.
+                await self.conn.execute("LOCK TABLE events_default IN ACCESS EXCLUSIVE MODE")
                 await self.conn.execute(f"CREATE TABLE {name} (LIKE events INCLUDING DEFAULTS)")
                 await self.conn.execute(
                     f"WITH moved AS (DELETE FROM events_default WHERE ts >= $1 AND ts < $2 RETURNING *)"
@@ -123,21 +125,28 @@ class Maintainer:
         if newest is None:
             return
         oldest = rules.oldest_cutoff(now)
+        doomed: list[Partition] = []
+        trims: list[tuple[Partition, list[str]]] = []
         for part in await list_partitions(self.conn):
             if part.upper > newest:
                 break  # from here on nothing is wholly expired: the shortest retention has not passed
             if oldest is not None and part.upper <= oldest:
-                await self._drop(part)
+                doomed.append(part)
                 continue
             types = await self._types(part.name)
             if types is None:
                 continue
             expired = [t for t in types if (c := rules.cutoff(t, now)) is not None and c >= part.upper]
             if len(expired) == len(types):
-                await self._drop(part)
+                doomed.append(part)
             else:
-                for type_ in expired:
-                    await self._trim(part.name, type_, part.upper)
+                trims.append((part, expired))
+        if doomed:
+            await self._detach(doomed)
+            await self._purge_detached()
+        for part, expired in trims:
+            for type_ in expired:
+                await self._trim(part.name, type_, part.upper)
         for type_ in await self._types("events_default") or []:
             cutoff = rules.cutoff(type_, now)
             if cutoff is not None:
@@ -146,13 +155,16 @@ class Maintainer:
     async def _types(self, table: str) -> list[str] | None:
         """The event types in ``table``, read from its ``(type, ts)`` index (made now if it has none) by
         skipping from one type to the next; None if the index could not be made now."""
-        try:
-            async with self.conn.transaction():
-                await self.conn.execute(self._lock_timeout)
-                await self.conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_type_ts ON {table} (type, ts)")
-        except asyncpg.LockNotAvailableError:
-            self.report.deferred += 1
-            return None
+        index = f"{table}_type_ts"
+        # Looked up first: CREATE INDEX IF NOT EXISTS would take its lock on the table even when it exists.
+        if await self.conn.fetchval("SELECT to_regclass($1)", index) is None:
+            try:
+                async with self.conn.transaction():
+                    await self.conn.execute(self._lock_timeout)
+                    await self.conn.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {table} (type, ts)")
+            except asyncpg.LockNotAvailableError:
+                self.report.deferred += 1
+                return None
         rows = await self.conn.fetch(
             f"WITH RECURSIVE t AS ((SELECT type FROM {table} ORDER BY type LIMIT 1) UNION ALL"
             f" SELECT (SELECT type FROM {table} WHERE type > t.type ORDER BY type LIMIT 1) FROM t"
@@ -189,19 +201,19 @@ class Maintainer:
             if count < CHUNK:
                 return
 
-    async def _drop(self, part: Partition) -> None:
-        """Detach ``part`` (renamed, so a run that stops half way is finished by the next) and purge it."""
+    async def _detach(self, parts: list[Partition]) -> None:
+        """Detach ``parts`` under one brief exclusive lock on ``events``, renamed so that a run that stops
+        before dropping them is finished by the next one."""
         try:
             async with self.conn.transaction():
                 await self.conn.execute(self._lock_timeout)
-                await self.conn.execute(f"ALTER TABLE events DETACH PARTITION {part.name}")
-                await self.conn.execute(
-                    f"ALTER TABLE {part.name} RENAME TO {_EXPIRED_PREFIX}{part.name.removeprefix('events_')}"
-                )
+                for part in parts:
+                    await self.conn.execute(f"ALTER TABLE events DETACH PARTITION {part.name}")
+                    await self.conn.execute(
+                        f"ALTER TABLE {part.name} RENAME TO {_EXPIRED_PREFIX}{part.name.removeprefix('events_')}"
+                    )
         except asyncpg.LockNotAvailableError:
             self.report.deferred += 1
-            return
-        await self._purge_detached()
 
     async def _purge_detached(self) -> None:
         """Delete the keys of every detached expired partition's events, in chunks, then drop it."""
