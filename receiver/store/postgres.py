@@ -464,11 +464,18 @@ class PostgresStore:
             where = [sql.format(f"${i}") for i, (sql, _) in enumerate(conditions, 1)]
             params: list[Any] = [value for _, value in conditions]
             params.append(query.limit + 1)
-            rows = await self._pool.fetch(
-                "SELECT n, pole_id, event_id::text, seq, ts, type, priority, lat, lon, location_source, data, media,"
-                f" received_at FROM events WHERE {' AND '.join(where)} ORDER BY n LIMIT ${len(params)}",
-                *params,
-            )
+            # Planning this over every partition costs more than running it (3 ms of 4 with 70 partitions,
+            # 33 of 45 with 400): a plan made once per connection serves every page (ts bounds still prune
+            # partitions, at executor start). But one pole's page is planned each time: knowing the pole, the
+            # planner reads its rows by index (4 ms, against 17 for the generic plan's walk through n).
+            mode = "force_generic_plan" if query.pole_id is None else "force_custom_plan"
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
+                rows = await conn.fetch(
+                    "SELECT n, pole_id, event_id::text, seq, ts, type, priority, lat, lon, location_source, data,"
+                    f" media, received_at FROM events WHERE {' AND '.join(where)} ORDER BY n LIMIT ${len(params)}",
+                    *params,
+                )
             more = len(rows) > query.limit
             rows = rows[: query.limit]
             return EventPage([public_event(*r[1:]) for r in rows], rows[-1][0] if more else None)
