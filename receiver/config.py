@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from receiver.policy import PolicyConfig
+from sync.protocol import EVENT_TYPE_PATTERN
 from sync.transport import insecure_url_problem
 
 
@@ -167,6 +169,58 @@ class DashboardSection(Strict):
     )
 
 
+class RetentionSection(Strict):
+    """How long events (and their media) are kept, and the upkeep of the event partitions (``[retention]``)."""
+
+    default_days: int = Field(
+        0, ge=0, le=36_500, description="Days an event is kept, for every type not in retention.types; 0 keeps forever."
+    )
+    types: dict[str, int] = Field(
+        default_factory=dict,
+        description="Days kept per event type, overriding default_days (e.g. telemetry = 30); 0 keeps that type "
+        "forever.",
+    )
+    delete_media: bool = Field(
+        True,
+        description="Delete the media files of expired events from the media store, once no remaining event "
+        "refers to them.",
+    )
+    maintenance_interval_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Each receiver runs maintenance (partitions ahead, and retention unless retention_in_receiver "
+        "is false) at start and then this often; one process at a time across receivers.",
+    )
+    retention_in_receiver: bool = Field(
+        True,
+        description="Receivers apply retention in their maintenance; false leaves it to a cron job running "
+        "'smartpole receiver maintain' (receivers still create partitions ahead).",
+    )
+    partition_days: int = Field(
+        1, ge=1, le=31, description="PostgreSQL: days of event time per partition of the events table (new ones)."
+    )
+    partitions_ahead_days: int = Field(
+        7, ge=1, le=366, description="PostgreSQL: partitions are kept created this many days ahead of now."
+    )
+    lock_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="PostgreSQL: how long maintenance waits for a table lock (attaching or dropping a partition) "
+        "before it gives up on that step until the next run, so ingest never queues behind it for long.",
+    )
+
+    @field_validator("types")
+    @classmethod
+    def _type_names(cls, types: dict[str, int]) -> dict[str, int]:
+        for name, days in types.items():
+            if not re.match(EVENT_TYPE_PATTERN, name):
+                raise ValueError(f"{name!r} is not an event type (lowercase letters, digits and _)")
+            if not 0 <= days <= 36_500:
+                raise ValueError(f"{name}: days must be between 0 (forever) and 36500")
+        return types
+
+
 class ReceiverLogging(Strict):
     """Log output."""
 
@@ -185,5 +239,8 @@ class ReceiverConfig(Strict):
     media: MediaSection = Field(default_factory=MediaSection, description="Where media is kept: a directory or S3.")
     dashboard: DashboardSection = Field(
         default_factory=DashboardSection, description="The operators' dashboard: logins and sessions."
+    )
+    retention: RetentionSection = Field(
+        default_factory=RetentionSection, description="Retention of events and media, and partition upkeep."
     )
     logging: ReceiverLogging = Field(default_factory=ReceiverLogging, description="Log level and format.")

@@ -14,6 +14,7 @@ from httpkit.passwords import hash_password
 from receiver.app import Receiver
 from receiver.auth import new_token, token_hash
 from receiver.config import ReceiverConfig
+from receiver.maintenance import MaintenanceSummary, maintenance_loop, run_maintenance
 from receiver.mediastore.factory import open_media_store
 from receiver.mqtt import MqttConsumer
 from receiver.store.base import TOKEN_ID_LENGTH, PoleChanges, TokenRecord
@@ -40,14 +41,16 @@ async def serve(config: ReceiverConfig, stop: asyncio.Event, on_listening: Calla
             if config.mqtt.enabled
             else None
         )
+        upkeep = asyncio.create_task(maintenance_loop(store, media, config.retention), name="maintenance")
         if on_listening is not None:
             on_listening(port)
         try:
             await stop.wait()
         finally:
-            if consumer is not None:
-                consumer.cancel()
-                await asyncio.gather(consumer, return_exceptions=True)
+            for task in (consumer, upkeep):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             await runner.cleanup()
             await receiver.ctx.token_use.settled()
     finally:
@@ -156,4 +159,16 @@ async def revoke_pole(config: ReceiverConfig, pole_id: str) -> int:
     try:
         return await store.revoke_pole(pole_id)
     finally:
+        await store.close()
+
+
+async def maintain(config: ReceiverConfig) -> MaintenanceSummary:
+    """``smartpole receiver maintain``: partitions ahead, retention and media, once."""
+    section = config.receiver
+    store = await open_store(section.database_url.get_secret_value(), 1)
+    media = open_media_store(config.media, section.media_dir)
+    try:
+        return await run_maintenance(store, media, config.retention)
+    finally:
+        await media.close()
         await store.close()

@@ -158,6 +158,18 @@ def cmd_receiver(args: argparse.Namespace) -> int:
             return 1
         print(f"token {revoked_id} revoked")
         return 0
+    if action == "maintain":
+        import json
+
+        from receiver.store.base import StoreError
+
+        try:
+            summary = uvloop.run(service.maintain(config))
+        except StoreError as exc:
+            print(f"smartpole receiver maintain: database unavailable: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(summary.as_dict()))
+        return 0
     if action == "revoke-pole":
         revoked = uvloop.run(service.revoke_pole(config, args.pole_id))
         print(f"pole {args.pole_id}: {revoked} token(s) revoked")
@@ -282,8 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[receiver_config],
         help="run the cloud receiver, or manage its poles, readers and admins",
         description="Without an action: serve the receiver (stops cleanly on SIGTERM). "
-        "With an action: manage tokens (pole, reader, admin). Tokens are printed once and stored only as "
-        "sha256 hashes.",
+        "With an action: manage tokens (pole, reader, admin), or maintain the database. Tokens are printed once "
+        "and stored only as sha256 hashes.",
     )
     p.set_defaults(func=cmd_receiver)
     actions = p.add_subparsers(dest="action", metavar="ACTION")
@@ -329,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="revoke one token of any role by its id or an unambiguous prefix of it (exit 1 if none or several match)",
     )
     a.add_argument("token_id", metavar="ID_OR_PREFIX")
+    actions.add_parser(
+        "maintain",
+        parents=[receiver_config],
+        help="create event partitions ahead, delete expired events and their media ([retention]); print a JSON "
+        "summary (for a cron job; receivers also do it every retention.maintenance_interval_s)",
+    )
 
     p = sub.add_parser(
         "demo",

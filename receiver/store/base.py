@@ -31,7 +31,9 @@ from sync.protocol import Rejection, WireEvent
 # 5: analytics rollups (receiver/store/rollups.py), built from the events already stored.
 # 6: the dashboard's human users (scrypt password hashes), their sessions (only a hash of each
 #    session id) and the history of configuration overlays.
-SCHEMA_VERSION = 6
+# 7: retention. PostgreSQL: events range-partitioned by the event's ts, with a default partition,
+#    and event_keys (pole_id, event_id) beside it for the unique key; SQLite: an index on (type, ts).
+SCHEMA_VERSION = 7
 TOKEN_ID_LENGTH = 12
 ROLES = ("pole", "reader", "admin")
 USER_ROLES = ("reader", "admin")  # a human logs in to the dashboard as one of these
@@ -322,6 +324,56 @@ class StatusFigures:
         )
 
 
+DAY_S = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionRules:
+    """Days an event is kept by its type (``types``) or else ``default_days``; 0 keeps forever."""
+
+    default_days: int = 0
+    types: Mapping[str, int] = field(default_factory=dict)
+
+    def cutoff(self, type_: str, now: float) -> float | None:
+        """Events of ``type_`` stamped before this time are expired; None: kept forever."""
+        days = self.types.get(type_, self.default_days)
+        return None if days == 0 else now - days * DAY_S
+
+    def newest_cutoff(self, now: float) -> float | None:
+        """The cutoff of the shortest retention: nothing at or after it is expired; None: nothing expires."""
+        days = [d for d in (self.default_days, *self.types.values()) if d > 0]
+        return now - min(days) * DAY_S if days else None
+
+    def oldest_cutoff(self, now: float) -> float | None:
+        """Before this time every event is expired, whatever its type; None when some type is kept forever."""
+        days = [self.default_days, *self.types.values()]
+        return None if 0 in days else now - max(days) * DAY_S
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLayout:
+    """PostgreSQL's event partitions: days of event time each, kept created how far ahead, and how long
+    maintenance waits for a table lock before leaving that step to its next run."""
+
+    days: int = 1
+    ahead_days: int = 7
+    lock_timeout_s: float = 2.0
+
+
+@dataclass(slots=True)
+class MaintenanceReport:
+    """What one maintenance run did. ``media`` holds the sha256 of every file the removed events referred to
+    (candidates for deletion: other events may still refer to them)."""
+
+    partitions_created: int = 0
+    partitions_dropped: int = 0
+    rows_dropped: int = 0  # events gone with dropped partitions
+    rows_trimmed: int = 0  # events deleted from partitions that stay (SQLite: every expired event)
+    deferred: int = 0  # steps left to the next run (a table lock not granted in time)
+    media: set[str] = field(default_factory=set)
+    skipped: str | None = None  # why nothing was done (another process is maintaining)
+
+
 class StoreError(Exception):
     """The store cannot serve right now (database down); callers answer 503."""
 
@@ -468,6 +520,21 @@ class Store(Protocol):
     async def analytics_speed(self, window: Window, limit: int) -> list[SpeedRow]: ...
 
     def pool_stats(self) -> PoolStats: ...
+
+    # Retention.
+
+    async def maintain(
+        self, rules: RetentionRules, layout: PartitionLayout, now: float, retention: bool = True
+    ) -> MaintenanceReport:
+        """Create the event partitions ahead of ``now`` (PostgreSQL) and, with ``retention``, remove expired
+        events: whole partitions when all they hold is expired, else the expired types, never from the
+        partition being written. One process at a time: a second one gets a report with ``skipped``."""
+        ...
+
+    async def release_media(self, sha256s: list[str]) -> list[str]:
+        """Of ``sha256s``, those no stored event refers to: forgotten by the store, for the caller to delete
+        the files."""
+        ...
 
 
 def event_row(event: WireEvent) -> tuple[Any, ...]:

@@ -38,12 +38,15 @@ from receiver.store.base import (
     EventQuery,
     FleetSummary,
     InsertResult,
+    MaintenanceReport,
     Overlay,
+    PartitionLayout,
     PoleChanges,
     PolePage,
     PoleQuery,
     PoleState,
     PoolStats,
+    RetentionRules,
     Scope,
     Session,
     StatusFigures,
@@ -59,6 +62,7 @@ from receiver.store.base import (
     target_versions,
     token_id_of,
 )
+from receiver.store.partitions import MAINTENANCE_LOCK, MIGRATION_DAYS_BACK, Maintainer, release_media
 from receiver.store.rollups import Rollups, rollups_of, shard_of
 from sync.overlays import overlay_version
 from sync.protocol import Rejection, WireEvent
@@ -310,6 +314,61 @@ MIGRATIONS: dict[int, list[str]] = {
         )""",
         "CREATE INDEX config_history_by_name ON config_history (scope, name, n)",
     ],
+    # The events table becomes range-partitioned by ts, in place (see receiver/store/partitions.py): the
+    # rows keep their n (readers' cursors go on), their keys move to event_keys, and existing events of
+    # the last MIGRATION_DAYS_BACK days get daily partitions (older or future ones go to the default).
+    7: [
+        "ALTER TABLE events RENAME TO events_v4",
+        "ALTER INDEX events_by_pole_ts RENAME TO events_v4_by_pole_ts",
+        "ALTER SEQUENCE events_n_seq OWNED BY NONE",
+        """CREATE TABLE events (
+            n BIGINT NOT NULL DEFAULT nextval('events_n_seq'),
+            pole_id TEXT NOT NULL,
+            event_id UUID NOT NULL,
+            seq BIGINT NOT NULL,
+            ts DOUBLE PRECISION NOT NULL,
+            type TEXT NOT NULL,
+            priority TEXT NOT NULL,
+            lat DOUBLE PRECISION,
+            lon DOUBLE PRECISION,
+            location_source TEXT,
+            data JSONB NOT NULL,
+            media JSONB NOT NULL,
+            received_at DOUBLE PRECISION NOT NULL,
+            batch_id TEXT NOT NULL
+        ) PARTITION BY RANGE (ts)""",
+        "ALTER SEQUENCE events_n_seq OWNED BY events.n",
+        "CREATE TABLE events_default PARTITION OF events DEFAULT",
+        "CREATE TABLE event_keys (pole_id TEXT NOT NULL, event_id UUID NOT NULL, PRIMARY KEY (pole_id, event_id))",
+        f"""DO $$
+        DECLARE
+            today DOUBLE PRECISION := floor(extract(epoch FROM now()) / 86400) * 86400;
+            first DOUBLE PRECISION;
+            day DOUBLE PRECISION;
+        BEGIN
+            SELECT floor(min(ts) / 86400) * 86400 INTO first FROM events_v4 WHERE ts < today + 86400;
+            IF first IS NULL THEN
+                RETURN;
+            END IF;
+            day := greatest(first, today - {MIGRATION_DAYS_BACK} * 86400);
+            WHILE day <= today LOOP
+                EXECUTE format('CREATE TABLE %I PARTITION OF events FOR VALUES FROM (%s) TO (%s)',
+                               'events_p' || to_char(to_timestamp(day) AT TIME ZONE 'UTC', 'YYYYMMDD'),
+                               day, day + 86400);
+                day := day + 86400;
+            END LOOP;
+        END $$""",
+        "INSERT INTO events (n, pole_id, event_id, seq, ts, type, priority, lat, lon, location_source, data, media,"
+        " received_at, batch_id) SELECT n, pole_id, event_id, seq, ts, type, priority, lat, lon, location_source,"
+        " data, media, received_at, batch_id FROM events_v4",
+        "INSERT INTO event_keys (pole_id, event_id) SELECT pole_id, event_id FROM events_v4",
+        "DROP TABLE events_v4",
+        "CREATE INDEX events_by_n ON events (n)",  # the readers' cursor
+        "CREATE INDEX events_by_pole_ts ON events (pole_id, ts)",
+        # Retention asks whether any event still refers to a file; only events with media are indexed.
+        "CREATE INDEX events_by_media ON events USING gin (media jsonb_path_ops) WHERE media <> '[]'::jsonb",
+        "CREATE INDEX events_default_type_ts ON events_default (type, ts)",
+    ],
 }
 
 # Any constant: changes of remote configuration and tags serialise on it, so two admins changing a
@@ -330,15 +389,22 @@ _TOUCH_POLE_WITH_STATUS = (
 
 _TOKEN_COLUMNS = "token_id, role, pole_id, name, created_at, last_used_at, revoked_at"
 
+# The keys go first (one statement with the events): only those new to event_keys become events.
 _INSERT = """
+WITH e AS (
+    SELECT * FROM unnest($4::text[], $5::bigint[], $6::float8[], $7::text[], $8::text[], $9::float8[],
+                         $10::float8[], $11::text[], $12::text[], $13::text[])
+         AS e(event_id, seq, ts, type, priority, lat, lon, src, data, media)
+), fresh AS (
+    INSERT INTO event_keys (pole_id, event_id) SELECT $1, e.event_id::uuid FROM e
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+)
 INSERT INTO events (pole_id, event_id, seq, ts, type, priority, lat, lon, location_source,
                     data, media, received_at, batch_id)
-SELECT $1, e.event_id::uuid, e.seq, e.ts, e.type, e.priority, e.lat, e.lon, e.src,
+SELECT $1, f.event_id, e.seq, e.ts, e.type, e.priority, e.lat, e.lon, e.src,
        e.data::jsonb, e.media::jsonb, $2, $3
-FROM unnest($4::text[], $5::bigint[], $6::float8[], $7::text[], $8::text[], $9::float8[],
-            $10::float8[], $11::text[], $12::text[], $13::text[])
-     AS e(event_id, seq, ts, type, priority, lat, lon, src, data, media)
-ON CONFLICT (pole_id, event_id) DO NOTHING
+FROM fresh f JOIN e ON e.event_id::uuid = f.event_id
 RETURNING event_id::text
 """
 
@@ -624,11 +690,18 @@ class PostgresStore:
             where = [sql.format(f"${i}") for i, (sql, _) in enumerate(conditions, 1)]
             params: list[Any] = [value for _, value in conditions]
             params.append(query.limit + 1)
-            rows = await self._pool.fetch(
-                "SELECT n, pole_id, event_id::text, seq, ts, type, priority, lat, lon, location_source, data, media,"
-                f" received_at FROM events WHERE {' AND '.join(where)} ORDER BY n LIMIT ${len(params)}",
-                *params,
-            )
+            # Planning this over every partition costs more than running it (3 ms of 4 with 70 partitions,
+            # 33 of 45 with 400): a plan made once per connection serves every page (ts bounds still prune
+            # partitions, at executor start). But one pole's page is planned each time: knowing the pole, the
+            # planner reads its rows by index (4 ms, against 17 for the generic plan's walk through n).
+            mode = "force_generic_plan" if query.pole_id is None else "force_custom_plan"
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
+                rows = await conn.fetch(
+                    "SELECT n, pole_id, event_id::text, seq, ts, type, priority, lat, lon, location_source, data,"
+                    f" media, received_at FROM events WHERE {' AND '.join(where)} ORDER BY n LIMIT ${len(params)}",
+                    *params,
+                )
             more = len(rows) > query.limit
             rows = rows[: query.limit]
             return EventPage([public_event(*r[1:]) for r in rows], rows[-1][0] if more else None)
@@ -939,3 +1012,26 @@ class PostgresStore:
         pool = self._pool
         size = pool.get_size()
         return PoolStats(size=size, max_size=pool.get_max_size(), in_use=size - pool.get_idle_size())
+
+    async def maintain(
+        self, rules: RetentionRules, layout: PartitionLayout, now: float, retention: bool = True
+    ) -> MaintenanceReport:
+        report = MaintenanceReport()
+        with _available():
+            async with self._pool.acquire() as conn:
+                if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MAINTENANCE_LOCK):
+                    report.skipped = "another process is maintaining the database"
+                    return report
+                try:
+                    maintainer = Maintainer(conn, layout, report)
+                    await maintainer.create_ahead(now)
+                    if retention:
+                        await maintainer.apply(rules, now)
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", MAINTENANCE_LOCK)
+        return report
+
+    async def release_media(self, sha256s: list[str]) -> list[str]:
+        with _available():
+            async with self._pool.acquire() as conn:
+                return await release_media(conn, sha256s)

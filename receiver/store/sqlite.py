@@ -36,12 +36,15 @@ from receiver.store.base import (
     EventQuery,
     FleetSummary,
     InsertResult,
+    MaintenanceReport,
     Overlay,
+    PartitionLayout,
     PoleChanges,
     PolePage,
     PoleQuery,
     PoleState,
     PoolStats,
+    RetentionRules,
     Scope,
     Session,
     StatusFigures,
@@ -68,6 +71,7 @@ from sync.sqlitetx import rollback
 _DATA_ERRORS = (OverflowError, UnicodeEncodeError, sqlite3.DataError, sqlite3.IntegrityError)
 
 _CHUNK = 500
+_RETENTION_CHUNK = 5000
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -288,6 +292,8 @@ MIGRATIONS: dict[int, list[str]] = {
         )""",
         "CREATE INDEX config_history_by_name ON config_history (scope, name, n)",
     ],
+    # Retention deletes by type and ts, and reads the types stored, through this index.
+    7: ["CREATE INDEX events_by_type_ts ON events (type, ts)"],
 }
 
 _TOKEN_COLUMNS = "token_id, role, pole_id, name, created_at, last_used_at, revoked_at"
@@ -915,3 +921,53 @@ class SqliteStore:
     def pool_stats(self) -> PoolStats:
         # One writer connection (serialised by a lock) and one reader.
         return PoolStats(size=2, max_size=2, in_use=1 if self._lock.locked() else 0)
+
+    # ------------------------------------------------------------------ retention
+
+    async def maintain(
+        self, rules: RetentionRules, layout: PartitionLayout, now: float, retention: bool = True
+    ) -> MaintenanceReport:
+        """One table, no partitions: expired events are deleted by type and ts, a chunk per transaction so
+        batches are stored in between."""
+        report = MaintenanceReport()
+        if not retention:
+            return report
+        with _available():
+            types = [r[0] for r in await self._reader.execute_fetchall("SELECT DISTINCT type FROM events")]
+            for type_ in types:
+                cutoff = rules.cutoff(type_, now)
+                while cutoff is not None:
+                    async with self._transaction() as db:
+                        rows = await db.execute_fetchall(
+                            "DELETE FROM events WHERE n IN (SELECT n FROM events WHERE type = ? AND ts < ? LIMIT ?)"
+                            " RETURNING media",
+                            (type_, cutoff, _RETENTION_CHUNK),
+                        )
+                    report.rows_trimmed += len(rows)
+                    report.media.update(sha for (media,) in rows for sha in orjson.loads(media))
+                    if len(rows) < _RETENTION_CHUNK:
+                        break
+        return report
+
+    async def release_media(self, sha256s: list[str]) -> list[str]:
+        out: list[str] = []
+        with _available():
+            for i in range(0, len(sha256s), _CHUNK):
+                chunk = sha256s[i : i + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                async with self._transaction() as db:
+                    referenced = {
+                        r[0]
+                        for r in await db.execute_fetchall(
+                            "SELECT DISTINCT j.value FROM events e, json_each(e.media) j"
+                            f" WHERE e.media <> '[]' AND j.value IN ({marks})",
+                            chunk,
+                        )
+                    }
+                    free = [sha for sha in chunk if sha not in referenced]
+                    if free:
+                        rows = await db.execute_fetchall(
+                            f"DELETE FROM media WHERE sha256 IN ({','.join('?' * len(free))}) RETURNING sha256", free
+                        )
+                        out += [r[0] for r in rows]
+        return out

@@ -1,0 +1,491 @@
+"""Retention and the partitioned events table: expired events removed by type on both backends (dropped
+partitions, trimmed ones, never the partition being written), media of expired events deleted once
+nothing refers to them, the unique key across partitions with concurrent receivers, migration 7 of a
+database holding events in the old layout, one maintainer at a time, and ``smartpole receiver maintain``."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from receiver.config import RetentionSection
+from receiver.maintenance import maintenance_loop, run_maintenance
+from receiver.mediastore.local import LocalMediaStore
+from receiver.store import postgres, sqlite
+from receiver.store.base import DAY_S, EventQuery, PartitionLayout, RetentionRules, Store
+from receiver.store.factory import open_store
+from receiver.store.partitions import MAINTENANCE_LOCK, list_partitions
+from sync.protocol import WireEvent
+from tests.conftest import pg_schema, start_receiver, stop_receiver
+
+# A fixed "now" at 06:00 UTC, so which day an event falls on never depends on when the test runs.
+NOW = 1_780_000_000.0 - 1_780_000_000.0 % DAY_S + 6 * 3600
+POLE = "pole-1"
+
+
+def wire(ts: float, type_: str, media: list[str] | None = None) -> WireEvent:
+    return WireEvent(
+        id=str(uuid.uuid4()), seq=1, ts=ts, type=type_, priority="event", data={"t": type_}, media=media or []
+    )
+
+
+async def stored(store: Store) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = await store.query_events(EventQuery(after=after, limit=1000))
+        out += page.events
+        if page.next_cursor is None:
+            return out
+        after = page.next_cursor
+
+
+async def put(store: Store, events: list[WireEvent]) -> list[str]:
+    return (await store.insert_batch(POLE, str(uuid.uuid4()), events, None, NOW)).accepted
+
+
+def ids(events: list[dict[str, Any]]) -> set[str]:
+    return {e["id"] for e in events}
+
+
+async def table_names(store: Store) -> set[str]:
+    async with store._pool.acquire() as conn:  # type: ignore[attr-defined]
+        return {p.name for p in await list_partitions(conn)}
+
+
+async def test_expired_events_go_by_type_on_both_backends(database_url: str) -> None:
+    store = await open_store(database_url)
+    try:
+        old_telemetry = wire(NOW - 40 * DAY_S, "telemetry")
+        old_alert = wire(NOW - 40 * DAY_S, "alert")
+        ancient_alert = wire(NOW - 400 * DAY_S, "alert")
+        new_telemetry = wire(NOW - 10 * DAY_S, "telemetry")
+        kept_forever = wire(NOW - 900 * DAY_S, "count")
+        everything = [old_telemetry, old_alert, ancient_alert, new_telemetry, kept_forever]
+        assert len(await put(store, everything)) == 5
+        rules = RetentionRules(default_days=0, types={"telemetry": 30, "alert": 365})
+        report = await store.maintain(rules, PartitionLayout(), NOW)
+        assert report.skipped is None
+        left = ids(await stored(store))
+        assert left == {old_alert.id, new_telemetry.id, kept_forever.id}
+        assert report.rows_trimmed + report.rows_dropped == 2
+        # A kept event is still a duplicate; an expired one is past retention and would be removed again.
+        again = await store.insert_batch(POLE, str(uuid.uuid4()), [old_alert, new_telemetry], None, NOW)
+        assert again.duplicates == [old_alert.id, new_telemetry.id] and again.accepted == []
+        # Nothing more is expired: a second run removes nothing.
+        report = await store.maintain(rules, PartitionLayout(), NOW)
+        assert report.rows_trimmed + report.rows_dropped == 0
+    finally:
+        await store.close()
+
+
+async def test_postgres_drops_wholly_expired_partitions_and_trims_the_others() -> None:
+    async with pg_schema() as url:
+        store = await open_store(url)
+        try:
+            layout = PartitionLayout(days=1, ahead_days=3)
+            # Partitions from NOW - 45 days on; then events land in them, not in the default partition.
+            report = await store.maintain(RetentionRules(), PartitionLayout(days=1, ahead_days=25), NOW - 20 * DAY_S)
+            assert report.partitions_created == 51
+            only_telemetry = [wire(NOW - 45 * DAY_S + i, "telemetry") for i in range(5)]
+            mixed_telemetry = [wire(NOW - 40 * DAY_S + i, "telemetry") for i in range(5)]
+            mixed_alert = wire(NOW - 40 * DAY_S + 10, "alert")
+            today = [wire(NOW - 60 + i, "telemetry") for i in range(3)]
+            await put(store, [*only_telemetry, *mixed_telemetry, mixed_alert, *today])
+            async with store._pool.acquire() as conn:  # type: ignore[attr-defined]
+                assert await conn.fetchval("SELECT count(*) FROM events_default") == 0
+            before = await table_names(store)
+            rules = RetentionRules(default_days=365, types={"telemetry": 30})
+            report = await store.maintain(rules, layout, NOW)
+            after = await table_names(store)
+            # Every partition older than 30 days held telemetry only (or nothing) but one: dropped.
+            gone = before - after
+            assert "events_p" + _day(NOW - 45 * DAY_S) in gone
+            assert "events_p" + _day(NOW - 40 * DAY_S) in after  # the alert keeps it: trimmed instead
+            assert report.partitions_dropped == len(gone) and report.rows_dropped == 5
+            assert report.rows_trimmed == 5
+            assert ids(await stored(store)) == {mixed_alert.id, *(e.id for e in today)}
+            async with store._pool.acquire() as conn:  # type: ignore[attr-defined]
+                # The keys went with their events, and no partition was left detached.
+                assert await conn.fetchval("SELECT count(*) FROM event_keys") == 4
+                assert await conn.fetchval("SELECT count(*) FROM pg_class WHERE relname LIKE 'events_expired%'") == 0
+        finally:
+            await store.close()
+
+
+def _day(ts: float) -> str:
+    import time
+
+    return time.strftime("%Y%m%d", time.gmtime(ts))
+
+
+async def test_postgres_never_deletes_from_the_partition_being_written() -> None:
+    """With weekly partitions and telemetry kept one day, telemetry of three days ago stays until its week is over."""
+    async with pg_schema() as url:
+        store = await open_store(url)
+        try:
+            layout = PartitionLayout(days=7, ahead_days=7)
+            week_start = NOW - 3.5 * DAY_S
+            await store.maintain(RetentionRules(), layout, week_start)
+            recent = [wire(NOW - 3 * DAY_S + i, "telemetry") for i in range(3)]
+            await put(store, recent)
+            rules = RetentionRules(types={"telemetry": 1})
+            report = await store.maintain(rules, layout, NOW)
+            assert report.rows_trimmed == 0 and report.rows_dropped == 0
+            assert ids(await stored(store)) == {e.id for e in recent}
+            report = await store.maintain(rules, layout, NOW + 7 * DAY_S)  # the week is over, and a day more
+            assert report.partitions_dropped == 1 and report.rows_dropped == 3
+            assert await stored(store) == []
+        finally:
+            await store.close()
+
+
+async def test_postgres_events_outside_the_partitions_are_kept_and_trimmed_in_the_default() -> None:
+    async with pg_schema() as url:
+        store = await open_store(url)
+        try:
+            far_past = wire(NOW - 3000 * DAY_S, "telemetry")
+            far_future = wire(NOW + 400 * DAY_S, "telemetry")
+            past_count = wire(NOW - 3000 * DAY_S, "count")
+            await put(store, [far_past, far_future, past_count])
+            report = await store.maintain(RetentionRules(types={"telemetry": 30}), PartitionLayout(), NOW)
+            assert report.rows_trimmed == 1
+            assert ids(await stored(store)) == {far_future.id, past_count.id}
+            async with store._pool.acquire() as conn:  # type: ignore[attr-defined]
+                assert await conn.fetchval("SELECT count(*) FROM events_default") == 2
+        finally:
+            await store.close()
+
+
+async def test_postgres_new_partitions_take_their_rows_from_the_default() -> None:
+    async with pg_schema() as url:
+        store = await open_store(url)
+        try:
+            early = [wire(NOW - 600 + i, "count") for i in range(4)]  # before any partition exists
+            await put(store, early)
+            report = await store.maintain(RetentionRules(), PartitionLayout(days=1, ahead_days=2), NOW)
+            assert report.partitions_created == 5  # two days behind, today, two days ahead
+            async with store._pool.acquire() as conn:  # type: ignore[attr-defined]
+                assert await conn.fetchval("SELECT count(*) FROM events_default") == 0
+                assert await conn.fetchval(f"SELECT count(*) FROM events_p{_day(NOW)}") == 4
+            assert [e["id"] for e in await stored(store)] == [e.id for e in early]
+            # Created ahead already: the next run creates nothing.
+            assert (
+                await store.maintain(RetentionRules(), PartitionLayout(days=1, ahead_days=2), NOW)
+            ).partitions_created == 0
+        finally:
+            await store.close()
+
+
+async def test_postgres_exactly_once_with_concurrent_receivers() -> None:
+    async with pg_schema() as url:
+        stores = [await open_store(url, 4) for _ in range(3)]
+        try:
+            await stores[0].maintain(RetentionRules(), PartitionLayout(), NOW)
+            events = [wire(NOW - i * 3600.0, "count") for i in range(60)]  # across three partitions
+            results = await asyncio.gather(
+                *(s.insert_batch(POLE, str(uuid.uuid4()), events, None, NOW) for s in stores for _ in range(3))
+            )
+            accepted = [i for r in results for i in r.accepted]
+            assert sorted(accepted) == sorted(e.id for e in events)
+            assert len(await stored(stores[0])) == 60
+        finally:
+            for s in stores:
+                await s.close()
+
+
+async def test_postgres_one_maintainer_at_a_time() -> None:
+    async with pg_schema() as url:
+        store = await open_store(url)
+        holder = await asyncpg.connect(url)
+        try:
+            await holder.execute("SELECT pg_advisory_lock($1)", MAINTENANCE_LOCK)
+            report = await store.maintain(RetentionRules(), PartitionLayout(), NOW)
+            assert report.skipped and report.partitions_created == 0
+            await holder.execute("SELECT pg_advisory_unlock($1)", MAINTENANCE_LOCK)
+            assert (await store.maintain(RetentionRules(), PartitionLayout(), NOW)).partitions_created > 0
+        finally:
+            await holder.close()
+            await store.close()
+
+
+async def test_media_of_expired_events_is_deleted_once_nothing_refers_to_it(database_url: str, tmp_path: Path) -> None:
+    store = await open_store(database_url)
+    media = LocalMediaStore(tmp_path / "media")
+    try:
+        shared, alone = (hashlib.sha256(name).hexdigest() for name in (b"shared", b"alone"))
+        for sha in (shared, alone):
+            await media.put(sha, "image/jpeg", b"\xff\xd8\xff" + sha.encode())
+            await store.add_media(sha, 10, POLE, NOW)
+        await put(
+            store,
+            [
+                wire(NOW - 40 * DAY_S, "snapshot", [shared, alone]),
+                wire(NOW - 40 * DAY_S, "telemetry"),
+                wire(NOW - 2 * DAY_S, "snapshot", [shared]),
+            ],
+        )
+        config = RetentionSection(types={"snapshot": 30, "telemetry": 30})
+        summary = await run_maintenance(store, media, config, NOW)
+        assert summary.media_deleted == 1 and summary.media_failed == 0
+        assert summary.rows_trimmed + summary.rows_dropped == 2
+        assert not media.path(alone).exists() and not await store.has_media(alone)
+        assert media.path(shared).exists() and await store.has_media(shared)
+        # The last event referring to it expires: now it goes.
+        summary = await run_maintenance(store, media, config, NOW + 30 * DAY_S)
+        assert summary.media_deleted == 1 and not media.path(shared).exists()
+    finally:
+        await store.close()
+
+
+async def test_delete_media_off_keeps_the_files(tmp_path: Path) -> None:
+    store = await open_store(f"sqlite:///{tmp_path / 'rx.db'}")
+    media = LocalMediaStore(tmp_path / "media")
+    try:
+        sha = hashlib.sha256(b"x").hexdigest()
+        await media.put(sha, "image/jpeg", b"x")
+        await store.add_media(sha, 1, POLE, NOW)
+        await put(store, [wire(NOW - 40 * DAY_S, "snapshot", [sha])])
+        summary = await run_maintenance(store, media, RetentionSection(default_days=30, delete_media=False), NOW)
+        assert summary.rows_trimmed == 1 and summary.media_deleted == 0 and media.path(sha).exists()
+    finally:
+        await store.close()
+
+
+async def test_the_running_receiver_maintains_periodically(database_url: str, tmp_path: Path) -> None:
+    store = await open_store(database_url)
+    try:
+        first = wire(NOW - 40 * DAY_S, "telemetry")
+        await put(store, [first])
+        config = RetentionSection(types={"telemetry": 30}, maintenance_interval_s=0.05)
+        task = asyncio.create_task(maintenance_loop(store, LocalMediaStore(tmp_path / "media"), config))
+        try:
+            async with asyncio.timeout(10):
+                while await stored(store):
+                    await asyncio.sleep(0.02)
+                await put(store, [wire(NOW - 50 * DAY_S, "telemetry")])  # a late backlog, already expired
+                while await stored(store):
+                    await asyncio.sleep(0.02)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await store.close()
+
+
+# ---------------------------------------------------------------------------------------------- migration 7
+
+
+async def _old_layout(database_url: str, rows: list[tuple[str, str, float, str]]) -> None:
+    """A database at schema 4 (migrations 1, 2 and 4 alone) holding ``rows`` (pole, event id, ts, type)."""
+    insert = (
+        "INSERT INTO events (pole_id, event_id, seq, ts, type, priority, data, media, received_at, batch_id)"
+        " VALUES ({}, {}, 1, {}, {}, 'event', '{{}}', '[]', 1.0, 'b')"
+    )
+    if database_url.startswith("sqlite"):
+        import sqlite3
+
+        db = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for version in (1, 2, 4):
+            for statement in sqlite.MIGRATIONS[version]:
+                db.execute(statement)
+            db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        db.executemany(insert.format("?", "?", "?", "?"), rows)
+        db.commit()
+        db.close()
+        return
+    conn: Any = await asyncpg.connect(database_url)
+    await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for version in (1, 2, 4):
+        for statement in postgres.MIGRATIONS[version]:
+            await conn.execute(statement)
+        await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+    await conn.executemany(insert.format("$1", "$2::uuid", "$3", "$4"), rows)
+    await conn.close()
+
+
+async def test_migration_7_keeps_old_events_their_cursors_and_their_keys(database_url: str, tmp_path: Path) -> None:
+    import time
+
+    now = time.time()
+    stamps = [now - 3 * DAY_S, now - 100 * DAY_S, now - 2000 * DAY_S, now + 30 * DAY_S, now - 3 * DAY_S + 1]
+    rows = [(POLE, str(uuid.uuid4()), ts, "count") for ts in stamps * 30]
+    await _old_layout(database_url, rows)
+    rx = await start_receiver(database_url, tmp_path / "media")  # opening the store migrates it
+    try:
+        await rx.add_pole(POLE)
+        reader = await rx.add_reader()
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {reader}"}) as http:
+            seen: list[str] = []
+            cursor: int | None = 0
+            while cursor is not None:
+                async with http.get(f"{rx.url}/v1/events", params={"limit": 40, "cursor": cursor}) as answer:
+                    assert answer.status == 200
+                    page = await answer.json()
+                seen += [e["id"] for e in page["events"]]
+                cursor = page["next_cursor"]
+        assert seen == [r[1] for r in rows]  # every event, in the order stored before
+        # A cursor taken before the migration (after the 70th event) goes on from there.
+        assert [e["id"] for e in (await rx.store.query_events(EventQuery(after=70, limit=5))).events] == [
+            r[1] for r in rows[70:75]
+        ]
+        again = [WireEvent(id=r[1], seq=1, ts=r[2], type="count", priority="event", data={}) for r in rows[:50]]
+        result = await rx.store.insert_batch(POLE, str(uuid.uuid4()), again, None, now)
+        assert result.accepted == [] and len(result.duplicates) == 50
+        fresh = wire(now, "count")
+        assert (await rx.store.insert_batch(POLE, str(uuid.uuid4()), [fresh], None, now)).accepted == [fresh.id]
+        if database_url.startswith("postgres"):
+            async with rx.store._pool.acquire() as conn:  # type: ignore[attr-defined]
+                names = {p.name for p in await list_partitions(conn)}
+                assert "events_p" + _day(now - 100 * DAY_S) in names and len(names) >= 101
+                assert await conn.fetchval("SELECT count(*) FROM events_default") == 60  # far past and future
+                assert await conn.fetchval("SELECT count(*) FROM event_keys") == len(rows) + 1
+    finally:
+        await stop_receiver(rx)
+
+
+# ---------------------------------------------------------------------------------------------- the command
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_maintain_command_prints_a_json_summary(
+    backend: str, tmp_path: Path, smartpole_cmd: list[str], child_env: dict[str, str]
+) -> None:
+    async def run(url: str) -> dict[str, Any]:
+        store = await open_store(url)
+        try:
+            await put(store, [wire(1_000_000_000.0, "telemetry"), wire(1_000_000_000.0, "alert")])
+        finally:
+            await store.close()
+        config = tmp_path / "receiver.toml"
+        config.write_text(
+            f'[receiver]\ndatabase_url = "{url}"\nmedia_dir = "{tmp_path / "media"}"\n\n'
+            "[retention]\ndefault_days = 0\n\n[retention.types]\ntelemetry = 30\n"
+        )
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [*smartpole_cmd, "receiver", "maintain", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            env=child_env,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    if backend == "sqlite":
+        summary = await run(f"sqlite:///{tmp_path / 'rx.db'}")
+    else:
+        async with pg_schema() as url:
+            summary = await run(url)
+        assert summary["partitions_created"] >= 8
+    assert summary["backend"] == ("sqlite" if backend == "sqlite" else "postgresql")
+    assert summary["rows_trimmed"] + summary["rows_dropped"] == 1 and summary["skipped"] is None
+
+
+async def test_receivers_leave_retention_to_a_cron_job_when_told(tmp_path: Path) -> None:
+    async with pg_schema() as url:
+        store = await open_store(url)
+        try:
+            expired = wire(NOW - 40 * DAY_S, "telemetry")
+            await put(store, [expired])
+            config = RetentionSection(types={"telemetry": 30}, retention_in_receiver=False, maintenance_interval_s=60)
+            task = asyncio.create_task(maintenance_loop(store, LocalMediaStore(tmp_path / "media"), config))
+            try:
+                async with asyncio.timeout(10):
+                    while not await table_names(store):
+                        await asyncio.sleep(0.02)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            assert ids(await stored(store)) == {expired.id}  # partitions made, nothing removed
+        finally:
+            await store.close()
+
+
+async def test_a_receiver_process_makes_its_partitions_at_start(tmp_path: Path, child_env: dict[str, str]) -> None:
+    import signal
+    import sys
+
+    from tests.helpers.pole import free_port
+
+    async with pg_schema() as url:
+        store = await open_store(url, 1)
+        try:
+            config = tmp_path / "receiver.toml"
+            config.write_text(
+                f'[receiver]\nport = {free_port()}\ndatabase_url = "{url}"\nmedia_dir = "{tmp_path / "media"}"\n'
+                '[logging]\nformat = "json"\n[retention]\npartitions_ahead_days = 3\n'
+            )
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "smartpole.cli", "receiver", "--config", str(config)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=child_env,
+            )
+            try:
+                async with asyncio.timeout(30):
+                    while len(await table_names(store)) < 7:  # three days behind, today, three ahead
+                        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                        await asyncio.sleep(0.1)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                output = (await asyncio.to_thread(proc.communicate, timeout=20))[0].decode()
+            assert proc.returncode == 0, output
+        finally:
+            await store.close()
+
+
+async def test_postgres_drops_wait_for_the_next_run_rather_than_stall_ingest() -> None:
+    async with pg_schema() as url:
+        store = await open_store(url)
+        reader = await asyncpg.connect(url)
+        try:
+            await store.maintain(RetentionRules(), PartitionLayout(days=1, ahead_days=10), NOW - 5 * DAY_S)
+            old = [wire(NOW - 14 * DAY_S, "telemetry") for _ in range(3)]
+            await put(store, old)
+            reading = reader.transaction()
+            await reading.start()
+            await reader.execute("LOCK TABLE events IN ACCESS SHARE MODE")  # a long report holding events
+            rules = RetentionRules(types={"telemetry": 7})
+            layout = PartitionLayout(days=1, ahead_days=1, lock_timeout_s=0.2)
+            report = await asyncio.wait_for(store.maintain(rules, layout, NOW), 10)
+            assert report.deferred == 1 and report.partitions_dropped == 0
+            # Ingest went on meanwhile; after the report, the next run drops.
+            assert await put(store, [wire(NOW, "telemetry")])
+            await reading.rollback()
+            report = await store.maintain(rules, layout, NOW)
+            assert report.deferred == 0 and report.rows_dropped == 3
+        finally:
+            await reader.close()
+            await store.close()
+
+
+async def test_postgres_a_run_stopped_after_detaching_is_finished_by_the_next() -> None:
+    async with pg_schema() as url:
+        store = await open_store(url)
+        try:
+            await store.maintain(RetentionRules(), PartitionLayout(days=1, ahead_days=10), NOW - 5 * DAY_S)
+            old = [wire(NOW - 14 * DAY_S, "telemetry") for _ in range(3)]
+            await put(store, old)
+            name = "events_p" + _day(NOW - 14 * DAY_S)
+            async with store._pool.acquire() as conn:  # type: ignore[attr-defined]
+                await conn.execute(f"ALTER TABLE events DETACH PARTITION {name}")
+                await conn.execute(f"ALTER TABLE {name} RENAME TO events_expired_{name.removeprefix('events_')}")
+            report = await store.maintain(RetentionRules(types={"telemetry": 7}), PartitionLayout(), NOW)
+            assert report.rows_dropped == 3
+            async with store._pool.acquire() as conn:  # type: ignore[attr-defined]
+                assert await conn.fetchval("SELECT count(*) FROM event_keys") == 0
+                assert await conn.fetchval("SELECT to_regclass($1)", "events_expired_" + name[7:]) is None
+        finally:
+            await store.close()
