@@ -14,7 +14,9 @@ import asyncpg
 import pytest
 import uuid_utils
 
+from receiver.store.analytics import CountsQuery, Window
 from receiver.store.factory import open_store
+from sync.protocol import WireEvent
 from tests.conftest import RunningReceiver, start_receiver, stop_receiver
 from tests.test_fleet import add_admin
 from tests.test_receiver import batch, post
@@ -483,3 +485,29 @@ async def test_concurrent_batches_and_their_replays_count_once(receiver: Running
     status, body = await get(receiver, "/v1/analytics/speed", reader, **window)
     speeds = sum(1 for _, _, n in bodies for i in range(n) if i % 3)
     assert sum(r["count"] for r in body["rows"]) == speeds
+
+
+async def test_a_batch_cancelled_anywhere_leaves_rollups_matching_its_events(database_url: str) -> None:
+    """Cancelled at each await point in turn (an MQTT handler whose broker went): the events and
+    their rollups are both stored or neither; stored again, each counts once."""
+    store = await open_store(database_url)
+    try:
+        await store.add_token("0" * 64, "pole", "pole-1", None)
+        total = 0
+        for steps in range(30):
+            at = BASE + 60 * steps
+            events = [WireEvent.model_validate(e) for e in (ev(at), speed(at + 1, 50, False))]
+            task = asyncio.ensure_future(store.insert_batch("pole-1", "b", events, None, time.time()))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await store.insert_batch("pole-1", "b", events, None, time.time())
+            total += len(events)
+        window = Window(BASE, BASE + DAY)
+        assert await store.analytics_counts(CountsQuery(window, "pole")) == [("pole-1", total)]
+        assert await store.analytics_counts(CountsQuery(window, "day")) == [(BASE, total)]
+        (row,) = await store.analytics_speed(window, 10)
+        assert row.count == total // 2
+    finally:
+        await store.close()
