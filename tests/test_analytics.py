@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+import random
 import time
 from typing import Any
 
@@ -411,6 +412,50 @@ def close_enough(a: dict[str, list[tuple[Any, ...]]], b: dict[str, list[tuple[An
     return True
 
 
+def odd(rng: random.Random) -> Any:
+    """A JSON value where a measurement should be: often a plausible one, often not."""
+    return rng.choice(
+        [
+            rng.randint(0, 60),
+            rng.randint(-5, 2_000_000),
+            2**62,
+            round(rng.uniform(0, 120), 1),
+            rng.uniform(-10, 1e10),
+            -0.0,
+            1e300,
+            True,
+            False,
+            None,
+            "12",
+            [],
+            {"a": 1},
+        ]
+    )
+
+
+def odd_events(rng: random.Random, n: int) -> list[Json]:
+    out = []
+    for _ in range(n):
+        ts = BASE + rng.uniform(0, 5 * H)
+        kind = rng.randrange(3)
+        if kind == 0:
+            counts = {
+                rng.choice(["in", "out", "up"]): {rng.choice(["person", "car", "bus"]): odd(rng) for _ in range(2)}
+                if rng.random() < 0.8
+                else odd(rng)
+                for _ in range(2)
+            }
+            start = rng.choice([ts - ts % 60, odd(rng)])
+            out.append(
+                crossings(ts, start, rng.choice(["a", "b", "", 5, None]), counts if rng.random() < 0.9 else odd(rng))
+            )
+        elif kind == 1:
+            out.append(air(ts, odd(rng), odd(rng), odd(rng)))
+        else:
+            out.append(speed(ts, odd(rng), odd(rng)))
+    return out
+
+
 async def test_migration_5_builds_the_rollups_ingest_would_have(database_url: str, tmp_path: Any) -> None:
     """The backfill's SQL follows the same rules as ingest's Python, odd values included."""
     rx = await start_receiver(database_url, tmp_path / "media")
@@ -443,6 +488,7 @@ async def test_migration_5_builds_the_rollups_ingest_would_have(database_url: st
         ]
         await send(rx, "pole-1", mixed)
         await send(rx, "pole-2", [ev(BASE + 3, "presence"), air(BASE + 7, 1, 2, 3), speed(BASE + 9, 51.5, True)])
+        await send(rx, "pole-2", odd_events(random.Random(3), 400))
         ingested = await rollups(database_url)
     finally:
         await stop_receiver(rx)
