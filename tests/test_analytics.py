@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+import random
 import time
 from typing import Any
 
@@ -16,6 +17,9 @@ import uuid_utils
 
 from receiver.store import postgres as postgres_store
 from receiver.store import sqlite as sqlite_store
+from receiver.store.analytics import CountsQuery, Window
+from receiver.store.factory import open_store
+from sync.protocol import WireEvent
 from tests.conftest import RunningReceiver, start_receiver, stop_receiver
 from tests.test_fleet import add_admin
 from tests.test_receiver import batch, post
@@ -414,6 +418,50 @@ def close_enough(a: dict[str, list[tuple[Any, ...]]], b: dict[str, list[tuple[An
     return True
 
 
+def odd(rng: random.Random) -> Any:
+    """A JSON value where a measurement should be: often a plausible one, often not."""
+    return rng.choice(
+        [
+            rng.randint(0, 60),
+            rng.randint(-5, 2_000_000),
+            2**62,
+            round(rng.uniform(0, 120), 1),
+            rng.uniform(-10, 1e10),
+            -0.0,
+            1e300,
+            True,
+            False,
+            None,
+            "12",
+            [],
+            {"a": 1},
+        ]
+    )
+
+
+def odd_events(rng: random.Random, n: int) -> list[Json]:
+    out = []
+    for _ in range(n):
+        ts = BASE + rng.uniform(0, 5 * H)
+        kind = rng.randrange(3)
+        if kind == 0:
+            counts = {
+                rng.choice(["in", "out", "up"]): {rng.choice(["person", "car", "bus"]): odd(rng) for _ in range(2)}
+                if rng.random() < 0.8
+                else odd(rng)
+                for _ in range(2)
+            }
+            start = rng.choice([ts - ts % 60, odd(rng)])
+            out.append(
+                crossings(ts, start, rng.choice(["a", "b", "", 5, None]), counts if rng.random() < 0.9 else odd(rng))
+            )
+        elif kind == 1:
+            out.append(air(ts, odd(rng), odd(rng), odd(rng)))
+        else:
+            out.append(speed(ts, odd(rng), odd(rng)))
+    return out
+
+
 async def test_migration_5_builds_the_rollups_ingest_would_have(database_url: str, tmp_path: Any) -> None:
     """The backfill's SQL follows the same rules as ingest's Python, odd values included."""
     rx = await start_receiver(database_url, tmp_path / "media")
@@ -446,6 +494,7 @@ async def test_migration_5_builds_the_rollups_ingest_would_have(database_url: st
         ]
         await send(rx, "pole-1", mixed)
         await send(rx, "pole-2", [ev(BASE + 3, "presence"), air(BASE + 7, 1, 2, 3), speed(BASE + 9, 51.5, True)])
+        await send(rx, "pole-2", odd_events(random.Random(3), 400))
         ingested = await rollups(database_url)
     finally:
         await stop_receiver(rx)
@@ -486,3 +535,29 @@ async def test_concurrent_batches_and_their_replays_count_once(receiver: Running
     status, body = await get(receiver, "/v1/analytics/speed", reader, **window)
     speeds = sum(1 for _, _, n in bodies for i in range(n) if i % 3)
     assert sum(r["count"] for r in body["rows"]) == speeds
+
+
+async def test_a_batch_cancelled_anywhere_leaves_rollups_matching_its_events(database_url: str) -> None:
+    """Cancelled at each await point in turn (an MQTT handler whose broker went): the events and
+    their rollups are both stored or neither; stored again, each counts once."""
+    store = await open_store(database_url)
+    try:
+        await store.add_token("0" * 64, "pole", "pole-1", None)
+        total = 0
+        for steps in range(30):
+            at = BASE + 60 * steps
+            events = [WireEvent.model_validate(e) for e in (ev(at), speed(at + 1, 50, False))]
+            task = asyncio.ensure_future(store.insert_batch("pole-1", "b", events, None, time.time()))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await store.insert_batch("pole-1", "b", events, None, time.time())
+            total += len(events)
+        window = Window(BASE, BASE + DAY)
+        assert await store.analytics_counts(CountsQuery(window, "pole")) == [("pole-1", total)]
+        assert await store.analytics_counts(CountsQuery(window, "day")) == [(BASE, total)]
+        (row,) = await store.analytics_speed(window, 10)
+        assert row.count == total // 2
+    finally:
+        await store.close()
