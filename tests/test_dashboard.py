@@ -123,7 +123,7 @@ async def test_secure_cookie_over_tls_only_from_a_trusted_proxy(database_url: st
             await stop_receiver(rx)
 
 
-async def test_failed_logins_are_throttled(tmp_path: Path) -> None:
+async def test_failed_logins_are_throttled_and_counted(tmp_path: Path) -> None:
     rx = await start_receiver(
         f"sqlite:///{tmp_path / 'rx.db'}", tmp_path / "media", dashboard=DashboardSection(login_free_failures=1)
     )
@@ -134,6 +134,8 @@ async def test_failed_logins_are_throttled(tmp_path: Path) -> None:
                 assert (await log_in(s, rx.url, "ops", "wrong")).status == 401
             r = await log_in(s, rx.url, "ops", ADMIN_PASSWORD)
             assert r.status == 429 and int(r.headers["Retry-After"]) >= 1, "even the right password waits"
+        logins = rx.receiver.ctx.metrics.logins
+        assert logins.labels("failure")._value.get() == 2 and logins.labels("throttled")._value.get() == 1
     finally:
         await stop_receiver(rx)
 
@@ -199,6 +201,8 @@ async def test_register_shows_the_token_once_and_names_bad_fields(rx: RunningRec
         assert pole is not None and pole.tags == ["north", "pilot"] and pole.lat == 52.37
         status, body, _ = await form(s, rx.url + "/poles", fields, token)
         assert status == 409 and "exists already" in body
+        status, html = await page(s, rx.url + "/")
+        assert 'id="count-offline">2 offline<' in html, "the fleet's figures, all pages"
         status, html = await page(s, rx.url + "/?tag=north")
         assert 'data-pole="p-9"' in html and 'data-pole="pole-1"' not in html
         assert "<circle" in html, "a pole with a location is on the map"

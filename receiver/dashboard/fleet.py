@@ -58,13 +58,13 @@ class FleetPage:
             return self.render.error(request, exc.status, str(exc))
         found = await self.ctx.store.list_poles(query)
         rows = [fleet_row(p, now, window) for p in found.poles]
-        counts = {state: sum(1 for r in rows if r["state"] == state) for state in ("online", "offline", "revoked")}
+        summary = await self.ctx.store.fleet_summary(now - window)
         return self.render.page(
             request,
             "fleet.html",
             status,
             rows=rows,
-            counts=counts,
+            summary=summary,
             map=project(found.poles, now, window),
             tag=given.get("tag", ""),
             online=given.get("online", ""),

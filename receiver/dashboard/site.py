@@ -34,7 +34,7 @@ class Dashboard:
     def __init__(self, ctx: Context, config: DashboardSection) -> None:
         self.auth = DashboardAuth(ctx.store, config)
         self.render = Renderer(self.auth)
-        self.login = LoginPage(self.auth, self.render)
+        self.login = LoginPage(self.auth, self.render, ctx.metrics)
         self.fleet = FleetPage(ctx, self.render)
         self.pole = PolePage(ctx, self.render)
         self.admin = AdminForms(ctx, self.render, self.fleet, self.pole)
