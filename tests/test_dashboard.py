@@ -74,6 +74,9 @@ async def test_login_session_in_the_database_and_logout(rx: RunningReceiver, dat
         assert r.status == 401, "an unknown user is refused like a wrong password"
         r = await log_in(s, rx.url, "ops", ADMIN_PASSWORD)
         assert r.status == 303 and r.headers["Location"] == "/"
+        first = r.cookies[COOKIE].value
+        r = await log_in(s, rx.url, "ops", ADMIN_PASSWORD)
+        assert await rx.store.lookup_session(token_hash(first), time.time()) is None, "a new login replaces it"
         cookie = r.cookies[COOKIE]
         assert cookie["httponly"] and cookie["samesite"] == "Strict" and not cookie["secure"]
         session = cookie.value
@@ -142,6 +145,13 @@ async def test_failed_logins_are_throttled_and_counted(tmp_path: Path) -> None:
 
 async def test_forms_need_the_csrf_token_and_the_same_origin(rx: RunningReceiver) -> None:
     async with browser_session() as s:
+        async with s.post(
+            rx.url + "/login",
+            data={"user": "ops", "password": ADMIN_PASSWORD},
+            headers={"Sec-Fetch-Site": "cross-site"},
+            allow_redirects=False,
+        ) as r:
+            assert r.status == 403 and COOKIE not in r.cookies, "another site cannot log the browser in"
         await log_in(s, rx.url, "ops", ADMIN_PASSWORD)
         _, html = await page(s, rx.url + "/")
         token = csrf_of(html)
@@ -366,3 +376,20 @@ def test_chart_geometry_and_the_series_it_keeps() -> None:
     assert len(chart.x_ticks) == 8 and chart.x_ticks[0].label == "04:00"
     week = svg.line_chart("t", "events", {}, since, since + 168 * 3600, additive=True)
     assert week.empty and all(len(t.label) == 5 and "-" in t.label for t in week.x_ticks)
+
+
+def test_forwarded_headers_count_only_when_trusted() -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    from receiver.dashboard.auth import DashboardAuth
+
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9, 198.51.100.7"}
+    request = make_mocked_request("GET", "/", headers=headers)
+    trusted = DashboardAuth(None, DashboardSection(trust_forwarded=True))  # type: ignore[arg-type]
+    plain = DashboardAuth(None, DashboardSection())  # type: ignore[arg-type]
+    try:
+        assert trusted.secure(request) and trusted.client(request) == "198.51.100.7", "the proxy's own entry"
+        assert not plain.secure(request) and plain.client(request) != "198.51.100.7"
+    finally:
+        trusted.close()
+        plain.close()

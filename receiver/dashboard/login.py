@@ -51,6 +51,9 @@ class LoginPage:
             self.metrics.logins.labels("success").inc()
         finally:
             self.auth.throttle.end(client)
+        previous = viewer_of(request)
+        if previous is not None:  # a new login replaces the browser's session, never adds to it
+            await self.auth.end_session(previous)
         response = redirect("/")
         self.auth.set_cookie(request, response, await self.auth.start_session(user))
         return response

@@ -86,7 +86,11 @@ class Dashboard:
                 return self.render.error(request, 411, "A form must say its length.")
             if request.content_length > MAX_FORM_BYTES:
                 return self.render.error(request, 413, f"A form is at most {MAX_FORM_BYTES} bytes.")
-        refusal = await self.auth.csrf.refusal(request, viewer.session if viewer else None)
+        # The login form is the one form without a session's token (a stale tab may hold it while
+        # logged in): it gets the origin check alone, which is what keeps another site from logging
+        # the browser in to an account of its choosing.
+        token_of = None if request.path == "/login" or viewer is None else viewer.session
+        refusal = await self.auth.csrf.refusal(request, token_of)
         if refusal is not None:
             return self.render.error(request, 403, refusal)
         if access == "open":
