@@ -393,3 +393,33 @@ def test_forwarded_headers_count_only_when_trusted() -> None:
     finally:
         trusted.close()
         plain.close()
+
+
+async def test_tag_overlay_form_reaches_the_poles_of_the_tag(rx: RunningReceiver) -> None:
+    await rx.store.update_pole("pole-1", PoleChanges({}, ["north"]))
+    async with browser_session() as s:
+        await log_in(s, rx.url, "viewer", READER_PASSWORD)
+        status, html = await page(s, rx.url + "/tags/north")
+        assert status == 200 and 'data-pole="pole-1"' in html and 'id="config-form"' not in html
+        status, body, _ = await form(
+            s, rx.url + "/tags/north/config", {"overlay": "[uplink]\nlinger_s = 1.0"}, csrf_of(html)
+        )
+        assert status == 403
+    async with browser_session() as s:
+        await log_in(s, rx.url, "ops", ADMIN_PASSWORD)
+        _, html = await page(s, rx.url + "/tags/north")
+        token = csrf_of(html)
+        status, body, _ = await form(
+            s, rx.url + "/tags/north/config", {"overlay": '{"uplink": {"linger_s": "x"}}'}, token
+        )
+        assert status == 400 and "uplink.linger_s" in body
+        status, _, headers = await form(
+            s, rx.url + "/tags/north/config", {"overlay": "[uplink]\nlinger_s = 1.0"}, token
+        )
+        assert status == 303 and headers["Location"].startswith("/tags/north?saved=")
+        pole = await rx.store.get_pole("pole-1")
+        assert pole is not None and headers["Location"].endswith(pole.config_target) and pole.config_target != "0"
+        _, html = await page(s, rx.url + "/poles/pole-1")
+        assert "layer tag north" in html and 'href="/tags/north"' in html
+        status, _ = await page(s, rx.url + "/tags/bad%20tag")
+        assert status == 400
