@@ -28,7 +28,7 @@ from receiver.remote import validate
 from receiver.store.base import Scope
 from sync.overlays import OverlayError, overlay_version
 
-_MAX_FIELD = 200
+_SHOWN = 200  # characters of a refused registration's fields shown back in the form
 # A page that shows an overlay form: (request, pole id or tag, status, the text typed, its problems).
 Shows = Callable[[web.Request, str, int, str | None, list[str] | None], Awaitable[web.Response]]
 
@@ -81,11 +81,12 @@ class AdminForms:
         self.tag = tag
 
     async def _form(self, request: web.Request) -> dict[str, str]:
-        return {k: str(v)[: _MAX_FIELD * 50] for k, v in (await request.post()).items() if isinstance(v, str)}
+        """The form's text fields (its size is bounded by the guard, ``MAX_FORM_BYTES``)."""
+        return {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
 
     async def register(self, request: web.Request) -> web.Response:
         form = await self._form(request)
-        shown = {k: form.get(k, "")[:_MAX_FIELD] for k in ("pole_id", "name", "lat", "lon", "tags")}
+        shown = {k: form.get(k, "")[:_SHOWN] for k in ("pole_id", "name", "lat", "lon", "tags")}
         try:
             new = parse_model(NewPole, new_pole_document(form))
         except BadRequest as exc:
