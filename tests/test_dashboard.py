@@ -423,3 +423,18 @@ async def test_tag_overlay_form_reaches_the_poles_of_the_tag(rx: RunningReceiver
         assert "layer tag north" in html and 'href="/tags/north"' in html
         status, _ = await page(s, rx.url + "/tags/bad%20tag")
         assert status == 400
+
+
+async def test_a_receiver_without_its_dashboard_serves_only_the_api(tmp_path: Path) -> None:
+    rx = await start_receiver(
+        f"sqlite:///{tmp_path / 'rx.db'}", tmp_path / "media", dashboard=DashboardSection(enabled=False)
+    )
+    try:
+        async with aiohttp.ClientSession() as s:
+            for path in ("/", "/login", "/static/dashboard.css", "/charts"):
+                async with s.get(rx.url + path, allow_redirects=False) as r:
+                    assert r.status == 404, path
+            async with s.get(rx.url + "/health") as r:
+                assert r.status == 200
+    finally:
+        await stop_receiver(rx)
