@@ -16,7 +16,7 @@ from httpkit.csrf import FORM_FIELD
 from httpkit.passwords import hash_password
 from receiver.config import DashboardSection
 from receiver.dashboard.auth import COOKIE
-from receiver.store.base import PoleChanges
+from receiver.store.base import PoleChanges, PoleQuery
 from sync.protocol import token_hash
 from tests.conftest import DATA, RunningReceiver, start_receiver, stop_receiver
 from tests.test_receiver import batch, event, post
@@ -438,3 +438,18 @@ async def test_a_receiver_without_its_dashboard_serves_only_the_api(tmp_path: Pa
                 assert r.status == 200
     finally:
         await stop_receiver(rx)
+
+
+async def test_the_map_draws_every_pole_the_filters_leave(rx: RunningReceiver) -> None:
+    for n in range(3):
+        await rx.store.register_pole(f"m-{n}", token_hash(f"t{n}"), time.time(), None, 52.0 + n / 100, 4.0, ["map"])
+    await rx.store.register_pole("m-x", token_hash("tx"), time.time(), None, None, None, ["map"])
+    positions = await rx.store.pole_positions(PoleQuery(tag="map", limit=10))
+    assert [p.pole_id for p in positions] == ["m-0", "m-1", "m-2", "m-x"]
+    async with browser_session() as s:
+        await log_in(s, rx.url, "viewer", READER_PASSWORD)
+        _, html = await page(s, rx.url + "/?tag=map&limit=1")
+        assert html.count("<tr data-pole=") == 1 and 'id="tag-config"' in html
+        assert html.count('<circle class="pole') == 3 and "1 pole(s) without a location" in html
+        _, html = await page(s, rx.url + "/?online=true")
+        assert "<circle" not in html, "no pole is online"
