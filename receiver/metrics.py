@@ -107,6 +107,12 @@ class ReceiverMetrics:
             ["state"],
             registry=self.registry,
         )
+        self.logins = Counter(
+            "smartpole_receiver_dashboard_logins_total",
+            "Dashboard logins by result (success, failure, throttled).",
+            ["result"],
+            registry=self.registry,
+        )
         self.db_connections_max = Gauge(
             "smartpole_receiver_db_connections_max",
             "Most database connections this process opens (pool_size; 2 on SQLite: a writer and a reader).",

@@ -185,6 +185,13 @@ def _operation(summary: str, responses: dict[str, Json], **more: Any) -> Json:
 
 def _paths() -> Json:
     token = {"type": "object", "required": ["token", "token_id"]}
+    media_types: Json = {
+        kind: {"schema": {"type": "string", "format": "binary"}} for kind in ("image/jpeg", "video/mp4")
+    }
+    served: dict[str, Json] = {
+        "200": {"description": "The file", "content": media_types},
+        "302": {"description": "A presigned URL of the object store (media.s3.serve = 'redirect')"},
+    }
     overlay_body = {
         "required": True,
         "content": {"application/json": {"schema": _ref("Overlay")}, "application/toml": {"schema": _TEXT}},
@@ -208,24 +215,12 @@ def _paths() -> Json:
                 | _auth(400, 413, 415),
                 requestBody={
                     "required": True,
-                    "content": {
-                        kind: {"schema": {"type": "string", "format": "binary"}} for kind in ("image/jpeg", "video/mp4")
-                    },
+                    "content": media_types,
                 },
             ),
             "get": _operation(
                 "A stored file (reader)",
-                {
-                    "200": {
-                        "description": "The file",
-                        "content": {
-                            kind: {"schema": {"type": "string", "format": "binary"}}
-                            for kind in ("image/jpeg", "video/mp4")
-                        },
-                    },
-                    "302": {"description": "A presigned URL of the object store (media.s3.serve = 'redirect')"},
-                }
-                | _auth(400, 404),
+                served | _auth(400, 404),
             ),
         },
         "/v1/events": {

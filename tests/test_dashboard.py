@@ -16,7 +16,7 @@ from httpkit.csrf import FORM_FIELD
 from httpkit.passwords import hash_password
 from receiver.config import DashboardSection
 from receiver.dashboard.auth import COOKIE
-from receiver.store.base import PoleChanges
+from receiver.store.base import PoleChanges, PoleQuery
 from sync.protocol import token_hash
 from tests.conftest import DATA, RunningReceiver, start_receiver, stop_receiver
 from tests.test_receiver import batch, event, post
@@ -74,6 +74,9 @@ async def test_login_session_in_the_database_and_logout(rx: RunningReceiver, dat
         assert r.status == 401, "an unknown user is refused like a wrong password"
         r = await log_in(s, rx.url, "ops", ADMIN_PASSWORD)
         assert r.status == 303 and r.headers["Location"] == "/"
+        first = r.cookies[COOKIE].value
+        r = await log_in(s, rx.url, "ops", ADMIN_PASSWORD)
+        assert await rx.store.lookup_session(token_hash(first), time.time()) is None, "a new login replaces it"
         cookie = r.cookies[COOKIE]
         assert cookie["httponly"] and cookie["samesite"] == "Strict" and not cookie["secure"]
         session = cookie.value
@@ -123,7 +126,7 @@ async def test_secure_cookie_over_tls_only_from_a_trusted_proxy(database_url: st
             await stop_receiver(rx)
 
 
-async def test_failed_logins_are_throttled(tmp_path: Path) -> None:
+async def test_failed_logins_are_throttled_and_counted(tmp_path: Path) -> None:
     rx = await start_receiver(
         f"sqlite:///{tmp_path / 'rx.db'}", tmp_path / "media", dashboard=DashboardSection(login_free_failures=1)
     )
@@ -134,12 +137,21 @@ async def test_failed_logins_are_throttled(tmp_path: Path) -> None:
                 assert (await log_in(s, rx.url, "ops", "wrong")).status == 401
             r = await log_in(s, rx.url, "ops", ADMIN_PASSWORD)
             assert r.status == 429 and int(r.headers["Retry-After"]) >= 1, "even the right password waits"
+        logins = rx.receiver.ctx.metrics.logins
+        assert logins.labels("failure")._value.get() == 2 and logins.labels("throttled")._value.get() == 1
     finally:
         await stop_receiver(rx)
 
 
 async def test_forms_need_the_csrf_token_and_the_same_origin(rx: RunningReceiver) -> None:
     async with browser_session() as s:
+        async with s.post(
+            rx.url + "/login",
+            data={"user": "ops", "password": ADMIN_PASSWORD},
+            headers={"Sec-Fetch-Site": "cross-site"},
+            allow_redirects=False,
+        ) as r:
+            assert r.status == 403 and COOKIE not in r.cookies, "another site cannot log the browser in"
         await log_in(s, rx.url, "ops", ADMIN_PASSWORD)
         _, html = await page(s, rx.url + "/")
         token = csrf_of(html)
@@ -199,6 +211,8 @@ async def test_register_shows_the_token_once_and_names_bad_fields(rx: RunningRec
         assert pole is not None and pole.tags == ["north", "pilot"] and pole.lat == 52.37
         status, body, _ = await form(s, rx.url + "/poles", fields, token)
         assert status == 409 and "exists already" in body
+        status, html = await page(s, rx.url + "/")
+        assert 'id="count-offline">2 offline<' in html, "the fleet's figures, all pages"
         status, html = await page(s, rx.url + "/?tag=north")
         assert 'data-pole="p-9"' in html and 'data-pole="pole-1"' not in html
         assert "<circle" in html, "a pole with a location is on the map"
@@ -362,3 +376,80 @@ def test_chart_geometry_and_the_series_it_keeps() -> None:
     assert len(chart.x_ticks) == 8 and chart.x_ticks[0].label == "04:00"
     week = svg.line_chart("t", "events", {}, since, since + 168 * 3600, additive=True)
     assert week.empty and all(len(t.label) == 5 and "-" in t.label for t in week.x_ticks)
+
+
+def test_forwarded_headers_count_only_when_trusted() -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    from receiver.dashboard.auth import DashboardAuth
+
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9, 198.51.100.7"}
+    request = make_mocked_request("GET", "/", headers=headers)
+    trusted = DashboardAuth(None, DashboardSection(trust_forwarded=True))  # type: ignore[arg-type]
+    plain = DashboardAuth(None, DashboardSection())  # type: ignore[arg-type]
+    try:
+        assert trusted.secure(request) and trusted.client(request) == "198.51.100.7", "the proxy's own entry"
+        assert not plain.secure(request) and plain.client(request) != "198.51.100.7"
+    finally:
+        trusted.close()
+        plain.close()
+
+
+async def test_tag_overlay_form_reaches_the_poles_of_the_tag(rx: RunningReceiver) -> None:
+    await rx.store.update_pole("pole-1", PoleChanges({}, ["north"]))
+    async with browser_session() as s:
+        await log_in(s, rx.url, "viewer", READER_PASSWORD)
+        status, html = await page(s, rx.url + "/tags/north")
+        assert status == 200 and 'data-pole="pole-1"' in html and 'id="config-form"' not in html
+        status, body, _ = await form(
+            s, rx.url + "/tags/north/config", {"overlay": "[uplink]\nlinger_s = 1.0"}, csrf_of(html)
+        )
+        assert status == 403
+    async with browser_session() as s:
+        await log_in(s, rx.url, "ops", ADMIN_PASSWORD)
+        _, html = await page(s, rx.url + "/tags/north")
+        token = csrf_of(html)
+        status, body, _ = await form(
+            s, rx.url + "/tags/north/config", {"overlay": '{"uplink": {"linger_s": "x"}}'}, token
+        )
+        assert status == 400 and "uplink.linger_s" in body
+        status, _, headers = await form(
+            s, rx.url + "/tags/north/config", {"overlay": "[uplink]\nlinger_s = 1.0"}, token
+        )
+        assert status == 303 and headers["Location"].startswith("/tags/north?saved=")
+        pole = await rx.store.get_pole("pole-1")
+        assert pole is not None and headers["Location"].endswith(pole.config_target) and pole.config_target != "0"
+        _, html = await page(s, rx.url + "/poles/pole-1")
+        assert "layer tag north" in html and 'href="/tags/north"' in html
+        status, _ = await page(s, rx.url + "/tags/bad%20tag")
+        assert status == 400
+
+
+async def test_a_receiver_without_its_dashboard_serves_only_the_api(tmp_path: Path) -> None:
+    rx = await start_receiver(
+        f"sqlite:///{tmp_path / 'rx.db'}", tmp_path / "media", dashboard=DashboardSection(enabled=False)
+    )
+    try:
+        async with aiohttp.ClientSession() as s:
+            for path in ("/", "/login", "/static/dashboard.css", "/charts"):
+                async with s.get(rx.url + path, allow_redirects=False) as r:
+                    assert r.status == 404, path
+            async with s.get(rx.url + "/health") as r:
+                assert r.status == 200
+    finally:
+        await stop_receiver(rx)
+
+
+async def test_the_map_draws_every_pole_the_filters_leave(rx: RunningReceiver) -> None:
+    for n in range(3):
+        await rx.store.register_pole(f"m-{n}", token_hash(f"t{n}"), time.time(), None, 52.0 + n / 100, 4.0, ["map"])
+    await rx.store.register_pole("m-x", token_hash("tx"), time.time(), None, None, None, ["map"])
+    positions = await rx.store.pole_positions(PoleQuery(tag="map", limit=10))
+    assert [p.pole_id for p in positions] == ["m-0", "m-1", "m-2", "m-x"]
+    async with browser_session() as s:
+        await log_in(s, rx.url, "viewer", READER_PASSWORD)
+        _, html = await page(s, rx.url + "/?tag=map&limit=1")
+        assert html.count("<tr data-pole=") == 1 and 'id="tag-config"' in html
+        assert html.count('<circle class="pole') == 3 and "1 pole(s) without a location" in html
+        _, html = await page(s, rx.url + "/?online=true")
+        assert "<circle" not in html, "no pole is online"

@@ -4,7 +4,7 @@ An admin logs in, registers two poles with the form (one of them then runs as a 
 ``smartpole run`` process with the street video as its camera), watches it come online in
 the fleet, opens the redacted thumbnail of one of its events, changes its configuration
 overlay and sees the pole report that it runs the new version, then looks at the charts. Screenshots land in
-test-artifacts/ (``dashboard-fleet.png`` is the one in docs/).
+test-artifacts/ (docs/dashboard.png is the demo's fleet page, taken the same way).
 """
 
 from __future__ import annotations

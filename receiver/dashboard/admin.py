@@ -1,4 +1,4 @@
-"""The admins' forms: register a pole (its token shown once), revoke one, set a pole's overlay.
+"""The admins' forms: register a pole (its token shown once), revoke one, set a pole's or a tag's overlay.
 
 They do what ``POST /v1/poles``, ``POST /v1/poles/{id}/revoke`` and ``PUT /v1/poles/{id}/config``
 do, with the same checks; a refusal comes back on the page, next to the form, naming the field
@@ -11,6 +11,7 @@ import asyncio
 import re
 import time
 import tomllib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -20,12 +21,16 @@ from receiver.context import Context
 from receiver.dashboard.fleet import FleetPage
 from receiver.dashboard.pole import PolePage
 from receiver.dashboard.render import Renderer, redirect, viewer_of
-from receiver.documents import BadRequest, parse_model, pole_id_of
+from receiver.dashboard.tag import TagPage
+from receiver.documents import BadRequest, parse_model, pole_id_of, tag_of
 from receiver.poles import NewPole, register
 from receiver.remote import validate
+from receiver.store.base import Scope
 from sync.overlays import OverlayError, overlay_version
 
-_MAX_FIELD = 200
+_SHOWN = 200  # characters of a refused registration's fields shown back in the form
+# A page that shows an overlay form: (request, pole id or tag, status, the text typed, its problems).
+Shows = Callable[[web.Request, str, int, str | None, list[str] | None], Awaitable[web.Response]]
 
 
 def _number(form: dict[str, str], key: str) -> float | str | None:
@@ -68,18 +73,20 @@ def parse_overlay_text(text: str) -> Any:
 
 
 class AdminForms:
-    def __init__(self, ctx: Context, render: Renderer, fleet: FleetPage, pole: PolePage) -> None:
+    def __init__(self, ctx: Context, render: Renderer, fleet: FleetPage, pole: PolePage, tag: TagPage) -> None:
         self.ctx = ctx
         self.render = render
         self.fleet = fleet
         self.pole = pole
+        self.tag = tag
 
     async def _form(self, request: web.Request) -> dict[str, str]:
-        return {k: str(v)[: _MAX_FIELD * 50] for k, v in (await request.post()).items() if isinstance(v, str)}
+        """The form's text fields (its size is bounded by the guard, ``MAX_FORM_BYTES``)."""
+        return {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
 
     async def register(self, request: web.Request) -> web.Response:
         form = await self._form(request)
-        shown = {k: form.get(k, "")[:_MAX_FIELD] for k in ("pole_id", "name", "lat", "lon", "tags")}
+        shown = {k: form.get(k, "")[:_SHOWN] for k in ("pole_id", "name", "lat", "lon", "tags")}
         try:
             new = parse_model(NewPole, new_pole_document(form))
         except BadRequest as exc:
@@ -101,19 +108,31 @@ class AdminForms:
         return redirect(f"/poles/{pole_id}")
 
     async def configure(self, request: web.Request) -> web.Response:
+        """A pole's own overlay."""
         try:
             pole_id = pole_id_of(request)
         except BadRequest as exc:
             return self.render.error(request, exc.status, str(exc))
-        store = self.ctx.store
-        if await store.get_pole(pole_id) is None:
+        if await self.ctx.store.get_pole(pole_id) is None:
             return self.render.error(request, 404, f"No pole {pole_id!r}.")
+        return await self._set(request, "pole", pole_id, self.pole.show, f"/poles/{pole_id}")
+
+    async def configure_tag(self, request: web.Request) -> web.Response:
+        """A tag's overlay: every pole carrying the tag, now or later."""
+        try:
+            tag = tag_of(request)
+        except BadRequest as exc:
+            return self.render.error(request, exc.status, str(exc))
+        return await self._set(request, "tag", tag, self.tag.show, f"/tags/{tag}")
+
+    async def _set(self, request: web.Request, scope: Scope, name: str, page: Shows, back: str) -> web.Response:
+        """Validate the overlay typed into the form and store it; its problems back on the page, by dotted key."""
         text = (await self._form(request)).get("overlay", "")
         try:
             doc = parse_overlay_text(text)
             overlay = None if doc is None else await asyncio.to_thread(validate, doc)
         except OverlayError as exc:
-            return await self.pole.show(request, pole_id, 400, config_text=text, problems=exc.problems)
+            return await page(request, name, 400, text, exc.problems)
         viewer = viewer_of(request)
-        await store.set_overlay("pole", pole_id, overlay or None, time.time(), viewer.user if viewer else None)
-        return redirect(f"/poles/{pole_id}?saved={overlay_version(overlay or {})}")
+        await self.ctx.store.set_overlay(scope, name, overlay or None, time.time(), viewer.user if viewer else None)
+        return redirect(f"{back}?saved={overlay_version(overlay or {})}")

@@ -48,7 +48,8 @@ class Viewer:
         return self.role == "admin"
 
 
-VIEWER = web.RequestKey("viewer", Viewer | None)  # type: ignore[arg-type]  # set by the dashboard's guard
+# Set by the dashboard's guard on every page request: None when no session.
+VIEWER: web.RequestKey[Viewer | None] = web.RequestKey("viewer", Viewer)  # type: ignore[arg-type]
 
 
 @functools.cache

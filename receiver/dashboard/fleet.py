@@ -1,16 +1,17 @@
 """``GET /``: the fleet. A table of the poles (online or not, last contact, backlog, versions,
-configuration state), filtered by tag and online state, their positions on a map, and for
-admins the form that registers a pole."""
+configuration state), filtered by tag and online state, a page at a time; the positions of all
+the poles the filters leave on a map; and for admins the form that registers a pole."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
 from receiver.context import Context
-from receiver.dashboard.mapview import pole_state_name, project
+from receiver.dashboard.mapview import MAX_POLES, pole_state_name, project
 from receiver.dashboard.render import Renderer
 from receiver.documents import BadRequest
 from receiver.poles import parse_pole_query
@@ -58,14 +59,15 @@ class FleetPage:
             return self.render.error(request, exc.status, str(exc))
         found = await self.ctx.store.list_poles(query)
         rows = [fleet_row(p, now, window) for p in found.poles]
-        counts = {state: sum(1 for r in rows if r["state"] == state) for state in ("online", "offline", "revoked")}
+        summary = await self.ctx.store.fleet_summary(now - window)
+        positions = await self.ctx.store.pole_positions(replace(query, after=None, limit=MAX_POLES + 1))
         return self.render.page(
             request,
             "fleet.html",
             status,
             rows=rows,
-            counts=counts,
-            map=project(found.poles, now, window),
+            summary=summary,
+            map=project(positions, now, window),
             tag=given.get("tag", ""),
             online=given.get("online", ""),
             next_cursor=found.next_cursor,

@@ -9,15 +9,17 @@ from aiohttp import web
 from httpkit.throttle import retry_after
 from receiver.dashboard.auth import COOKIE, DashboardAuth
 from receiver.dashboard.render import Renderer, redirect, viewer_of
+from receiver.metrics import ReceiverMetrics
 
 FAILED_LOGIN_DELAY_S = 1.0  # while the attempt still holds its address's slot in the throttle
 _MAX_FIELD = 1000
 
 
 class LoginPage:
-    def __init__(self, auth: DashboardAuth, render: Renderer) -> None:
+    def __init__(self, auth: DashboardAuth, render: Renderer, metrics: ReceiverMetrics) -> None:
         self.auth = auth
         self.render = render
+        self.metrics = metrics
 
     async def page(self, request: web.Request) -> web.Response:
         if viewer_of(request) is not None:
@@ -31,6 +33,7 @@ class LoginPage:
         client = self.auth.client(request)
         wait = self.auth.throttle.begin(client)
         if wait is not None:
+            self.metrics.logins.labels("throttled").inc()
             seconds = retry_after(wait)
             page = self.render.page(
                 request, "login.html", 429, message=f"Too many failed logins. Try again in {seconds} s.", user=name
@@ -41,11 +44,16 @@ class LoginPage:
             user = await self.auth.check(name, password)
             if user is None:
                 self.auth.throttle.failed(client)
+                self.metrics.logins.labels("failure").inc()
                 await asyncio.sleep(FAILED_LOGIN_DELAY_S)
                 return self.render.page(request, "login.html", 401, message="Wrong user name or password.", user=name)
             self.auth.throttle.succeeded(client)
+            self.metrics.logins.labels("success").inc()
         finally:
             self.auth.throttle.end(client)
+        previous = viewer_of(request)
+        if previous is not None:  # a new login replaces the browser's session, never adds to it
+            await self.auth.end_session(previous)
         response = redirect("/")
         self.auth.set_cookie(request, response, await self.auth.start_session(user))
         return response

@@ -10,8 +10,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from receiver.store.base import PoleState
+from receiver.store.base import PolePosition, PoleState
 
+MAX_POLES = 5000  # drawn on one map; beyond, the map says how many it left out
 WIDTH = 640
 HEIGHT = 360
 _PAD = 36
@@ -33,20 +34,24 @@ class MapView:
     height: int
     points: list[MapPoint]
     unplaced: int  # poles without a location
+    more: bool  # poles beyond MAX_POLES were not drawn
     scale_px: float  # the length of the scale bar in pixels...
     scale_label: str  # ...and what it stands for on the ground
 
 
-def pole_state_name(pole: PoleState, now: float, window_s: float) -> str:
+def pole_state_name(pole: PoleState | PolePosition, now: float, window_s: float) -> str:
     if pole.revoked_at is not None:
         return "revoked"
     return "online" if pole.online(now, window_s) else "offline"
 
 
-def project(poles: Sequence[PoleState], now: float, window_s: float) -> MapView:
+def project(poles: Sequence[PolePosition], now: float, window_s: float) -> MapView:
+    """Up to ``MAX_POLES`` of ``poles`` placed in the box (give one more to learn whether there were more)."""
+    more = len(poles) > MAX_POLES
+    poles = poles[:MAX_POLES]
     placed = [p for p in poles if p.lat is not None and p.lon is not None]
     if not placed:
-        return MapView(WIDTH, HEIGHT, [], len(poles), 0.0, "")
+        return MapView(WIDTH, HEIGHT, [], len(poles), more, 0.0, "")
     lats = [float(p.lat) for p in placed if p.lat is not None]
     lons = [float(p.lon) for p in placed if p.lon is not None]
     shrink = math.cos(math.radians(sum(lats) / len(lats)))
@@ -68,7 +73,7 @@ def project(poles: Sequence[PoleState], now: float, window_s: float) -> MapView:
         for pole, x, lat in zip(placed, xs, lats, strict=True)
     ]
     scale_px, scale_label = _scale_bar(per_px * _EARTH_M_PER_DEG)
-    return MapView(WIDTH, HEIGHT, points, len(poles) - len(placed), scale_px, scale_label)
+    return MapView(WIDTH, HEIGHT, points, len(poles) - len(placed), more, scale_px, scale_label)
 
 
 def _scale_bar(metres_per_px: float) -> tuple[float, str]:

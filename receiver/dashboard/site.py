@@ -25,6 +25,7 @@ from receiver.dashboard.login import LoginPage
 from receiver.dashboard.media import MediaProxy
 from receiver.dashboard.pole import PolePage
 from receiver.dashboard.render import PAGE_HEADERS, STATIC, Renderer, redirect
+from receiver.dashboard.tag import TagPage
 
 Access = Literal["open", "reader", "admin"]
 MAX_FORM_BYTES = 256_000
@@ -34,10 +35,11 @@ class Dashboard:
     def __init__(self, ctx: Context, config: DashboardSection) -> None:
         self.auth = DashboardAuth(ctx.store, config)
         self.render = Renderer(self.auth)
-        self.login = LoginPage(self.auth, self.render)
+        self.login = LoginPage(self.auth, self.render, ctx.metrics)
         self.fleet = FleetPage(ctx, self.render)
         self.pole = PolePage(ctx, self.render)
-        self.admin = AdminForms(ctx, self.render, self.fleet, self.pole)
+        self.tag = TagPage(ctx, self.render)
+        self.admin = AdminForms(ctx, self.render, self.fleet, self.pole, self.tag)
         self.media = MediaProxy(ctx, self.render)
         self.charts = ChartsPage(ctx, self.render)
         self._access: dict[AbstractRoute, Access] = {}
@@ -49,11 +51,13 @@ class Dashboard:
         add(app, "POST", "/logout", self.login.log_out, "open")  # it ends the session, if there is one
         add(app, "GET", "/", self.fleet.page, "reader")
         add(app, "GET", "/poles/{pole_id}", self.pole.page, "reader")
+        add(app, "GET", "/tags/{tag}", self.tag.page, "reader")
         add(app, "GET", "/charts", self.charts.page, "reader")
         add(app, "GET", "/media/{sha256}", self.media.get, "reader")
         add(app, "POST", "/poles", self.admin.register, "admin")
         add(app, "POST", "/poles/{pole_id}/revoke", self.admin.revoke, "admin")
         add(app, "POST", "/poles/{pole_id}/config", self.admin.configure, "admin")
+        add(app, "POST", "/tags/{tag}/config", self.admin.configure_tag, "admin")
         for route in app.router.add_static("/static/", STATIC):
             self._access[route] = "open"
         app.on_cleanup.append(self._close)
@@ -86,7 +90,11 @@ class Dashboard:
                 return self.render.error(request, 411, "A form must say its length.")
             if request.content_length > MAX_FORM_BYTES:
                 return self.render.error(request, 413, f"A form is at most {MAX_FORM_BYTES} bytes.")
-        refusal = await self.auth.csrf.refusal(request, viewer.session if viewer else None)
+        # The login form is the one form without a session's token (a stale tab may hold it while
+        # logged in): it gets the origin check alone, which is what keeps another site from logging
+        # the browser in to an account of its choosing.
+        token_of = None if request.path == "/login" or viewer is None else viewer.session
+        refusal = await self.auth.csrf.refusal(request, token_of)
         if refusal is not None:
             return self.render.error(request, 403, refusal)
         if access == "open":

@@ -171,6 +171,24 @@ class PoleQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class PolePosition:
+    """What a map needs of a pole: where it is and whether it is heard from."""
+
+    pole_id: str
+    name: str | None
+    lat: float | None
+    lon: float | None
+    last_seen: float | None
+    revoked_at: float | None
+
+    def online(self, now: float, window_s: float) -> bool:
+        return self.revoked_at is None and self.last_seen is not None and now - self.last_seen <= window_s
+
+
+POSITION_COLUMNS = "pole_id, name, lat, lon, last_seen, revoked_at"
+
+
+@dataclass(frozen=True, slots=True)
 class PolePage:
     poles: list[PoleState]
     next_cursor: str | None
@@ -458,6 +476,10 @@ class Store(Protocol):
     async def get_pole(self, pole_id: str) -> PoleState | None: ...
 
     async def list_poles(self, query: PoleQuery) -> PolePage: ...
+
+    async def pole_positions(self, query: PoleQuery) -> list[PolePosition]:
+        """The poles ``query`` filters (its cursor and limit as in ``list_poles``), for a map: no status blocks."""
+        ...
 
     async def update_pole(self, pole_id: str, changes: PoleChanges) -> PoleState | None:
         """Apply ``changes``; new tags move the pole's target config version. None if no such pole."""

@@ -33,6 +33,7 @@ from receiver.store.analytics import (
 )
 from receiver.store.base import (
     POLE_COLUMNS,
+    POSITION_COLUMNS,
     ConfigChange,
     EventPage,
     EventQuery,
@@ -43,6 +44,7 @@ from receiver.store.base import (
     PartitionLayout,
     PoleChanges,
     PolePage,
+    PolePosition,
     PoleQuery,
     PoleState,
     PoolStats,
@@ -799,6 +801,21 @@ class PostgresStore:
             more = len(poles) > query.limit
             poles = poles[: query.limit]
             return PolePage(poles, poles[-1].pole_id if more else None)
+
+    async def pole_positions(self, query: PoleQuery) -> list[PolePosition]:
+        with _available():
+            where, params = [], []
+            for sql, value in query.conditions():
+                if "{}" in sql:
+                    params.append(value)
+                    sql = sql.format(f"${len(params)}")
+                where.append(sql)
+            params.append(query.limit)
+            clause = " AND ".join(where) or "true"
+            rows = await self._pool.fetch(
+                f"SELECT {POSITION_COLUMNS} FROM poles WHERE {clause} ORDER BY pole_id LIMIT ${len(params)}", *params
+            )
+            return [PolePosition(*r) for r in rows]
 
     async def update_pole(self, pole_id: str, changes: PoleChanges) -> PoleState | None:
         with _available():

@@ -31,6 +31,7 @@ from receiver.store.analytics import (
 )
 from receiver.store.base import (
     POLE_COLUMNS,
+    POSITION_COLUMNS,
     ConfigChange,
     EventPage,
     EventQuery,
@@ -41,6 +42,7 @@ from receiver.store.base import (
     PartitionLayout,
     PoleChanges,
     PolePage,
+    PolePosition,
     PoleQuery,
     PoleState,
     PoolStats,
@@ -710,6 +712,16 @@ class SqliteStore:
             more = len(poles) > query.limit
             poles = poles[: query.limit]
             return PolePage(poles, poles[-1].pole_id if more else None)
+
+    async def pole_positions(self, query: PoleQuery) -> list[PolePosition]:
+        with _available():
+            conditions = query.conditions()
+            where = " AND ".join(sql.format("?") for sql, _ in conditions) or "1"
+            params = [value for sql, value in conditions if "{}" in sql]
+            rows = await self._reader.execute_fetchall(
+                f"SELECT {POSITION_COLUMNS} FROM poles WHERE {where} ORDER BY pole_id LIMIT ?", [*params, query.limit]
+            )
+            return [PolePosition(*r) for r in rows]
 
     async def update_pole(self, pole_id: str, changes: PoleChanges) -> PoleState | None:
         with _available():
