@@ -640,10 +640,12 @@ class SqliteStore:
                 cutoff = rules.cutoff(type_, now)
                 while cutoff is not None:
                     async with self._transaction() as db:
-                        rows = await db.execute_fetchall(
-                            "DELETE FROM events WHERE n IN (SELECT n FROM events WHERE type = ? AND ts < ? LIMIT ?)"
-                            " RETURNING media",
-                            (type_, cutoff, _RETENTION_CHUNK),
+                        rows = list(
+                            await db.execute_fetchall(
+                                "DELETE FROM events WHERE n IN (SELECT n FROM events WHERE type = ? AND ts < ? LIMIT ?)"
+                                " RETURNING media",
+                                (type_, cutoff, _RETENTION_CHUNK),
+                            )
                         )
                     report.rows_trimmed += len(rows)
                     report.media.update(sha for (media,) in rows for sha in orjson.loads(media))
