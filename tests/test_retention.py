@@ -489,3 +489,49 @@ async def test_postgres_a_run_stopped_after_detaching_is_finished_by_the_next() 
                 assert await conn.fetchval("SELECT to_regclass($1)", "events_expired_" + name[7:]) is None
         finally:
             await store.close()
+
+
+async def test_postgres_ingest_goes_on_while_maintenance_creates_drops_and_trims() -> None:
+    """Batches, some for the very partitions being dropped, are stored while a run makes, detaches, drops and
+    trims partitions: none fails, every kept event is readable and every key has its event."""
+    async with pg_schema() as url:
+        ingest, upkeep = await open_store(url, 4), await open_store(url, 2)
+        try:
+            await upkeep.maintain(RetentionRules(), PartitionLayout(days=1, ahead_days=10), NOW - 5 * DAY_S)
+            for day in range(8, 15):
+                await put(ingest, [wire(NOW - day * DAY_S + i, t) for i in range(300) for t in ("telemetry", "count")])
+            await put(ingest, [wire(NOW - 15 * DAY_S + i, "telemetry") for i in range(300)])  # its day goes whole
+            rules = RetentionRules(types={"telemetry": 7})
+            layout = PartitionLayout(days=1, ahead_days=12, lock_timeout_s=5)
+            sent: list[WireEvent] = []
+            running = True
+
+            async def keep_sending() -> None:
+                n = 0
+                while running:
+                    n += 1
+                    batch = [wire(NOW - (n % 16) * DAY_S + 0.5, "telemetry"), wire(NOW - 60 + n, "count")]
+                    result = await ingest.insert_batch(POLE, str(uuid.uuid4()), batch, None, NOW)
+                    assert sorted(result.accepted) == sorted(e.id for e in batch)
+                    sent.extend(batch)
+
+            senders = [asyncio.create_task(keep_sending()) for _ in range(3)]
+            report = await upkeep.maintain(rules, layout, NOW)
+            running = False
+            await asyncio.gather(*senders)
+            assert len(sent) >= 30, "the run was over before ingest got going"
+            assert report.partitions_created > 0 and report.deferred == 0
+            assert report.partitions_dropped == 1 and report.rows_dropped >= 300  # day 15: telemetry alone
+            assert report.rows_trimmed >= 7 * 300  # the counts keep days 8 to 14: their telemetry is trimmed
+            await upkeep.maintain(rules, layout, NOW)  # what arrived during the run, for trimmed days
+            left = ids(await stored(ingest))
+            # Telemetry goes by whole days: those ending by NOW - 7 days (midnight, NOW being 06:00).
+            gone_before = NOW - 7 * DAY_S - 6 * 3600
+            expired = {e.id for e in sent if e.type == "telemetry" and e.ts < gone_before}
+            assert {e.id for e in sent} - expired <= left
+            assert not any(e["type"] == "telemetry" and e["ts"] < gone_before for e in await stored(ingest))
+            async with ingest._pool.acquire() as conn:  # type: ignore[attr-defined]
+                assert await conn.fetchval("SELECT count(*) FROM event_keys") == len(left)
+        finally:
+            await ingest.close()
+            await upkeep.close()
