@@ -20,6 +20,7 @@ import pytest
 from receiver.config import RetentionSection
 from receiver.maintenance import maintenance_loop, run_maintenance
 from receiver.mediastore.local import LocalMediaStore
+from receiver.metrics import ReceiverMetrics
 from receiver.store import postgres, sqlite
 from receiver.store.base import DAY_S, EventQuery, PartitionLayout, RetentionRules, Store
 from receiver.store.factory import open_store
@@ -267,7 +268,8 @@ async def test_the_running_receiver_maintains_periodically(database_url: str, tm
         first = wire(NOW - 40 * DAY_S, "telemetry")
         await put(store, [first])
         config = RetentionSection(types={"telemetry": 30}, maintenance_interval_s=0.05)
-        task = asyncio.create_task(maintenance_loop(store, LocalMediaStore(tmp_path / "media"), config))
+        metrics = ReceiverMetrics()
+        task = asyncio.create_task(maintenance_loop(store, LocalMediaStore(tmp_path / "media"), config, metrics))
         try:
             async with asyncio.timeout(10):
                 while await stored(store):
@@ -278,6 +280,13 @@ async def test_the_running_receiver_maintains_periodically(database_url: str, tm
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        value = metrics.registry.get_sample_value
+        assert value("smartpole_receiver_maintenance_runs_total", {"outcome": "done"}) >= 2
+        removed = sum(
+            value("smartpole_receiver_retention_events_total", {"how": h}) or 0 for h in ("dropped", "trimmed")
+        )
+        assert removed == 2
+        assert value("smartpole_receiver_maintenance_last_done_timestamp_seconds") > NOW
     finally:
         await store.close()
 
