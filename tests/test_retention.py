@@ -544,3 +544,22 @@ async def test_postgres_ingest_goes_on_while_maintenance_creates_drops_and_trims
         finally:
             await ingest.close()
             await upkeep.close()
+
+
+def test_maintain_command_without_its_database_fails_clearly(
+    tmp_path: Path, smartpole_cmd: list[str], child_env: dict[str, str]
+) -> None:
+    from tests.helpers.pole import free_port
+
+    config = tmp_path / "receiver.toml"
+    config.write_text(f'[receiver]\ndatabase_url = "postgresql://nobody@127.0.0.1:{free_port()}/none"\n')
+    done = subprocess.run(
+        [*smartpole_cmd, "receiver", "maintain", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        timeout=60,
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert "smartpole receiver maintain: database unavailable" in done.stderr
+    assert "Traceback" not in done.stderr
