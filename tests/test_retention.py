@@ -10,6 +10,7 @@ import hashlib
 import json
 import subprocess
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import pytest
 
 from receiver.config import RetentionSection
 from receiver.maintenance import maintenance_loop, run_maintenance
+from receiver.mediastore.base import object_key
+from receiver.mediastore.factory import open_media_store
 from receiver.mediastore.local import LocalMediaStore
 from receiver.metrics import ReceiverMetrics
 from receiver.store import postgres, sqlite
@@ -27,6 +30,9 @@ from receiver.store.factory import open_store
 from receiver.store.partitions import MAINTENANCE_LOCK, list_partitions
 from sync.protocol import WireEvent
 from tests.conftest import pg_schema, start_receiver, stop_receiver
+from tests.helpers.objectstore import MotoServer
+from tests.test_media_checks import real_jpeg
+from tests.test_media_s3 import make_bucket, object_keys, s3_section
 
 # A fixed "now" at 06:00 UTC, so which day an event falls on never depends on when the test runs.
 NOW = 1_780_000_000.0 - 1_780_000_000.0 % DAY_S + 6 * 3600
@@ -563,3 +569,29 @@ def test_maintain_command_without_its_database_fails_clearly(
     assert done.returncode == 1 and done.stdout == ""
     assert "smartpole receiver maintain: database unavailable" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.fixture
+async def moto(tmp_path: Path) -> AsyncIterator[MotoServer]:
+    server = await asyncio.to_thread(MotoServer(tmp_path / "moto.log").start)
+    await make_bucket(server.url)
+    yield server
+    await asyncio.to_thread(server.stop)
+
+
+async def test_media_in_object_storage_goes_with_its_last_event(moto: MotoServer, tmp_path: Path) -> None:
+    store = await open_store(f"sqlite:///{tmp_path / 'rx.db'}")
+    media = open_media_store(s3_section(moto.url), tmp_path / "unused")
+    try:
+        jpeg = real_jpeg()
+        sha = hashlib.sha256(jpeg).hexdigest()
+        await media.put(sha, "image/jpeg", jpeg)
+        await store.add_media(sha, len(jpeg), POLE, NOW)
+        await put(store, [wire(NOW - 40 * DAY_S, "snapshot", [sha])])
+        assert await object_keys(moto.url) == [object_key(sha, "image/jpeg")]
+        summary = await run_maintenance(store, media, RetentionSection(default_days=30), NOW)
+        assert summary.media_deleted == 1 and summary.media_failed == 0
+        assert await object_keys(moto.url) == []
+    finally:
+        await media.close()
+        await store.close()
