@@ -17,6 +17,7 @@ import structlog
 
 from receiver.config import RetentionSection
 from receiver.mediastore.base import MediaStore, MediaUnavailable
+from receiver.metrics import ReceiverMetrics
 from receiver.store.base import PartitionLayout, RetentionRules, Store, StoreError
 
 log = structlog.get_logger("receiver")
@@ -78,15 +79,27 @@ async def run_maintenance(
     )
 
 
-async def maintenance_loop(store: Store, media: MediaStore, config: RetentionSection) -> None:
+async def maintenance_loop(
+    store: Store, media: MediaStore, config: RetentionSection, metrics: ReceiverMetrics | None = None
+) -> None:
     """Maintain at start and then every interval, until cancelled. A failed run is logged and the next one
     comes at its time: whatever went wrong, the receiver goes on serving."""
+    metrics = metrics or ReceiverMetrics()
     while True:
         try:
             summary = await run_maintenance(store, media, config, retention=config.retention_in_receiver)
-            log.info("maintenance_done", **summary.as_dict())
         except StoreError as exc:
+            metrics.maintenance_runs.labels("failed").inc()
             log.error("maintenance_failed", error=str(exc))
         except Exception:
+            metrics.maintenance_runs.labels("failed").inc()
             log.exception("maintenance_failed")
+        else:
+            metrics.maintenance_runs.labels("skipped" if summary.skipped else "done").inc()
+            if not summary.skipped:
+                metrics.maintenance_last_done.set_to_current_time()
+            metrics.retention_events.labels("dropped").inc(summary.rows_dropped)
+            metrics.retention_events.labels("trimmed").inc(summary.rows_trimmed)
+            metrics.retention_media.inc(summary.media_deleted)
+            log.info("maintenance_done", **summary.as_dict())
         await asyncio.sleep(config.maintenance_interval_s)

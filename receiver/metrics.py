@@ -1,9 +1,9 @@
 """The receiver's Prometheus metrics, on a registry of its own.
 
 Ingest: batches by result, events by outcome, rejected events by reason, fields the receiver's
-policy redacted, ingest latency by transport. Fleet and database pool gauges are set when
-``/metrics`` is scraped (``receiver/operations.py``): one query over the poles, and the pool's
-own counts.
+policy redacted, ingest latency by transport; maintenance runs and what retention removed. Fleet
+and database pool gauges are set when ``/metrics`` is scraped (``receiver/operations.py``): one
+query over the poles, and the pool's own counts.
 """
 
 from __future__ import annotations
@@ -116,5 +116,27 @@ class ReceiverMetrics:
         self.db_connections_max = Gauge(
             "smartpole_receiver_db_connections_max",
             "Most database connections this process opens (pool_size; 2 on SQLite: a writer and a reader).",
+            registry=self.registry,
+        )
+        self.maintenance_runs = Counter(
+            "smartpole_receiver_maintenance_runs_total",
+            "Maintenance runs of this process by outcome: done, skipped (another process was maintaining), failed.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.maintenance_last_done = Gauge(
+            "smartpole_receiver_maintenance_last_done_timestamp_seconds",
+            "When this process last finished a maintenance run (partitions ahead, retention).",
+            registry=self.registry,
+        )
+        self.retention_events = Counter(
+            "smartpole_receiver_retention_events_total",
+            "Expired events removed by this process, by how: dropped (with their partition) or trimmed.",
+            ["how"],
+            registry=self.registry,
+        )
+        self.retention_media = Counter(
+            "smartpole_receiver_retention_media_deleted_total",
+            "Media files of expired events this process deleted (no remaining event referred to them).",
             registry=self.registry,
         )

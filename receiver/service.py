@@ -41,7 +41,9 @@ async def serve(config: ReceiverConfig, stop: asyncio.Event, on_listening: Calla
             if config.mqtt.enabled
             else None
         )
-        upkeep = asyncio.create_task(maintenance_loop(store, media, config.retention), name="maintenance")
+        upkeep = asyncio.create_task(
+            maintenance_loop(store, media, config.retention, receiver.ctx.metrics), name="maintenance"
+        )
         if on_listening is not None:
             on_listening(port)
         try:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import subprocess
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,19 @@ import pytest
 
 from receiver.config import RetentionSection
 from receiver.maintenance import maintenance_loop, run_maintenance
+from receiver.mediastore.base import object_key
+from receiver.mediastore.factory import open_media_store
 from receiver.mediastore.local import LocalMediaStore
+from receiver.metrics import ReceiverMetrics
 from receiver.store import postgres, sqlite
 from receiver.store.base import DAY_S, EventQuery, PartitionLayout, RetentionRules, Store
 from receiver.store.factory import open_store
 from receiver.store.partitions import MAINTENANCE_LOCK, list_partitions
 from sync.protocol import WireEvent
 from tests.conftest import pg_schema, start_receiver, stop_receiver
+from tests.helpers.objectstore import MotoServer
+from tests.test_media_checks import real_jpeg
+from tests.test_media_s3 import make_bucket, object_keys, s3_section
 
 # A fixed "now" at 06:00 UTC, so which day an event falls on never depends on when the test runs.
 NOW = 1_780_000_000.0 - 1_780_000_000.0 % DAY_S + 6 * 3600
@@ -267,7 +274,8 @@ async def test_the_running_receiver_maintains_periodically(database_url: str, tm
         first = wire(NOW - 40 * DAY_S, "telemetry")
         await put(store, [first])
         config = RetentionSection(types={"telemetry": 30}, maintenance_interval_s=0.05)
-        task = asyncio.create_task(maintenance_loop(store, LocalMediaStore(tmp_path / "media"), config))
+        metrics = ReceiverMetrics()
+        task = asyncio.create_task(maintenance_loop(store, LocalMediaStore(tmp_path / "media"), config, metrics))
         try:
             async with asyncio.timeout(10):
                 while await stored(store):
@@ -278,6 +286,13 @@ async def test_the_running_receiver_maintains_periodically(database_url: str, tm
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        value = metrics.registry.get_sample_value
+        assert value("smartpole_receiver_maintenance_runs_total", {"outcome": "done"}) >= 2
+        removed = sum(
+            value("smartpole_receiver_retention_events_total", {"how": h}) or 0 for h in ("dropped", "trimmed")
+        )
+        assert removed == 2
+        assert value("smartpole_receiver_maintenance_last_done_timestamp_seconds") > NOW
     finally:
         await store.close()
 
@@ -489,3 +504,94 @@ async def test_postgres_a_run_stopped_after_detaching_is_finished_by_the_next() 
                 assert await conn.fetchval("SELECT to_regclass($1)", "events_expired_" + name[7:]) is None
         finally:
             await store.close()
+
+
+async def test_postgres_ingest_goes_on_while_maintenance_creates_drops_and_trims() -> None:
+    """Batches, some for the very partitions being dropped, are stored while a run makes, detaches, drops and
+    trims partitions: none fails, every kept event is readable and every key has its event."""
+    async with pg_schema() as url:
+        ingest, upkeep = await open_store(url, 4), await open_store(url, 2)
+        try:
+            await upkeep.maintain(RetentionRules(), PartitionLayout(days=1, ahead_days=10), NOW - 5 * DAY_S)
+            for day in range(8, 15):
+                await put(ingest, [wire(NOW - day * DAY_S + i, t) for i in range(300) for t in ("telemetry", "count")])
+            await put(ingest, [wire(NOW - 15 * DAY_S + i, "telemetry") for i in range(300)])  # its day goes whole
+            rules = RetentionRules(types={"telemetry": 7})
+            layout = PartitionLayout(days=1, ahead_days=12, lock_timeout_s=5)
+            sent: list[WireEvent] = []
+            running = True
+
+            async def keep_sending() -> None:
+                n = 0
+                while running:
+                    n += 1
+                    batch = [wire(NOW - (n % 16) * DAY_S + 0.5, "telemetry"), wire(NOW - 60 + n, "count")]
+                    result = await ingest.insert_batch(POLE, str(uuid.uuid4()), batch, None, NOW)
+                    assert sorted(result.accepted) == sorted(e.id for e in batch)
+                    sent.extend(batch)
+
+            senders = [asyncio.create_task(keep_sending()) for _ in range(3)]
+            report = await upkeep.maintain(rules, layout, NOW)
+            running = False
+            await asyncio.gather(*senders)
+            assert len(sent) >= 30, "the run was over before ingest got going"
+            assert report.partitions_created > 0 and report.deferred == 0
+            assert report.partitions_dropped == 1 and report.rows_dropped >= 300  # day 15: telemetry alone
+            assert report.rows_trimmed >= 7 * 300  # the counts keep days 8 to 14: their telemetry is trimmed
+            await upkeep.maintain(rules, layout, NOW)  # what arrived during the run, for trimmed days
+            left = ids(await stored(ingest))
+            # Telemetry goes by whole days: those ending by NOW - 7 days (midnight, NOW being 06:00).
+            gone_before = NOW - 7 * DAY_S - 6 * 3600
+            expired = {e.id for e in sent if e.type == "telemetry" and e.ts < gone_before}
+            assert {e.id for e in sent} - expired <= left
+            assert not any(e["type"] == "telemetry" and e["ts"] < gone_before for e in await stored(ingest))
+            async with ingest._pool.acquire() as conn:  # type: ignore[attr-defined]
+                assert await conn.fetchval("SELECT count(*) FROM event_keys") == len(left)
+        finally:
+            await ingest.close()
+            await upkeep.close()
+
+
+def test_maintain_command_without_its_database_fails_clearly(
+    tmp_path: Path, smartpole_cmd: list[str], child_env: dict[str, str]
+) -> None:
+    from tests.helpers.pole import free_port
+
+    config = tmp_path / "receiver.toml"
+    config.write_text(f'[receiver]\ndatabase_url = "postgresql://nobody@127.0.0.1:{free_port()}/none"\n')
+    done = subprocess.run(
+        [*smartpole_cmd, "receiver", "maintain", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        timeout=60,
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert "smartpole receiver maintain: database unavailable" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.fixture
+async def moto(tmp_path: Path) -> AsyncIterator[MotoServer]:
+    server = await asyncio.to_thread(MotoServer(tmp_path / "moto.log").start)
+    await make_bucket(server.url)
+    yield server
+    await asyncio.to_thread(server.stop)
+
+
+async def test_media_in_object_storage_goes_with_its_last_event(moto: MotoServer, tmp_path: Path) -> None:
+    store = await open_store(f"sqlite:///{tmp_path / 'rx.db'}")
+    media = open_media_store(s3_section(moto.url), tmp_path / "unused")
+    try:
+        jpeg = real_jpeg()
+        sha = hashlib.sha256(jpeg).hexdigest()
+        await media.put(sha, "image/jpeg", jpeg)
+        await store.add_media(sha, len(jpeg), POLE, NOW)
+        await put(store, [wire(NOW - 40 * DAY_S, "snapshot", [sha])])
+        assert await object_keys(moto.url) == [object_key(sha, "image/jpeg")]
+        summary = await run_maintenance(store, media, RetentionSection(default_days=30), NOW)
+        assert summary.media_deleted == 1 and summary.media_failed == 0
+        assert await object_keys(moto.url) == []
+    finally:
+        await media.close()
+        await store.close()

@@ -348,11 +348,12 @@ MIGRATIONS: dict[int, list[str]] = {
             first DOUBLE PRECISION;
             day DOUBLE PRECISION;
         BEGIN
-            SELECT floor(min(ts) / 86400) * 86400 INTO first FROM events_v4 WHERE ts < today + 86400;
+            SELECT floor(min(ts) / 86400) * 86400 INTO first FROM events_v4
+            WHERE ts >= today - {MIGRATION_DAYS_BACK} * 86400 AND ts < today + 86400;
             IF first IS NULL THEN
                 RETURN;
             END IF;
-            day := greatest(first, today - {MIGRATION_DAYS_BACK} * 86400);
+            day := first;
             WHILE day <= today LOOP
                 EXECUTE format('CREATE TABLE %I PARTITION OF events FOR VALUES FROM (%s) TO (%s)',
                                'events_p' || to_char(to_timestamp(day) AT TIME ZONE 'UTC', 'YYYYMMDD'),
