@@ -38,6 +38,9 @@ from sync.protocol import BATCHES_PATH, MEDIA_PATH
 
 log = structlog.get_logger("receiver")
 
+LIVENESS_PATH = "/health"  # the process answers (orchestrators restart it when not)
+READINESS_PATH = "/health/ready"  # it can take traffic: the database answers, the schema is current
+
 
 class Receiver:
     """The receiver's resources bound to one store, configuration and metrics registry."""
@@ -94,7 +97,8 @@ class Receiver:
         app.router.add_get("/v1/tags/{tag}/config", self.remote.get_tag)
         app.router.add_put("/v1/tags/{tag}/config", self.remote.put_tag)
         app.router.add_delete("/v1/tags/{tag}/config", self.remote.delete_tag)
-        app.router.add_get("/health", self.operations.health)
+        app.router.add_get(LIVENESS_PATH, self.operations.health)
+        app.router.add_get(READINESS_PATH, self.operations.ready)
         app.router.add_get("/metrics", self.operations.metrics)
         return app
 

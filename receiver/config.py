@@ -42,6 +42,13 @@ class ReceiverSection(Strict):
     online_window_s: float = Field(300.0, gt=0, description="A pole seen within this many seconds counts as online.")
     events_page_max: int = Field(1000, ge=1, description="Most events one GET /v1/events page returns.")
     pool_size: int = Field(8, ge=1, le=64, description="PostgreSQL connections per receiver process.")
+    shutdown_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="On SIGTERM, how long requests and MQTT messages in hand may take to finish before they "
+        "are cut (the pole sends again what got no answer); keep it below the orchestrator's grace period.",
+    )
 
 
 class MqttSection(Strict):

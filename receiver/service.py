@@ -14,44 +14,70 @@ from receiver.auth import new_token, token_hash
 from receiver.config import ReceiverConfig
 from receiver.mediastore.factory import open_media_store
 from receiver.mqtt import MqttConsumer
-from receiver.store.base import TOKEN_ID_LENGTH, TokenRecord
+from receiver.store.base import TOKEN_ID_LENGTH, StoreError, TokenRecord
 from receiver.store.factory import open_store
 
 log = structlog.get_logger("receiver")
 
 
-async def serve(config: ReceiverConfig, stop: asyncio.Event, on_listening: Callable[[int], None] | None = None) -> None:
-    """Serve until ``stop`` is set; ``on_listening`` gets the bound port (useful with port 0)."""
+async def serve(
+    config: ReceiverConfig,
+    stop: asyncio.Event,
+    on_listening: Callable[[int], None] | None = None,
+    worker: int | None = None,
+) -> None:
+    """Serve until ``stop`` is set, then drain: take no new requests or MQTT messages, finish those
+    in hand, all within ``shutdown_timeout_s``. ``on_listening`` gets the bound port (useful with
+    port 0). ``worker`` numbers one of several processes sharing the port (``--workers``)."""
     section = config.receiver
-    store = await open_store(section.database_url.get_secret_value(), section.pool_size)
+    # Not waiting for PostgreSQL: a receiver started while it is away is alive and not ready, and
+    # becomes ready when it answers (readiness probes tell the load balancer).
+    store = await open_store(section.database_url.get_secret_value(), section.pool_size, wait=False)
     media = open_media_store(config.media, section.media_dir)
     try:
         receiver = Receiver(section, config.policy, store, media=media)
-        runner = web.AppRunner(receiver.make_app(), access_log=None, shutdown_timeout=5)
+        runner = web.AppRunner(receiver.make_app(), access_log=None, shutdown_timeout=section.shutdown_timeout_s)
         await runner.setup()
-        site = web.TCPSite(runner, section.bind, section.port)
+        site = web.TCPSite(runner, section.bind, section.port, reuse_port=worker is not None)
         await site.start()
         port = runner.addresses[0][1]
-        log.info("receiver_listening", bind=section.bind, port=port, backend=store.backend, media=media.name)
-        consumer = (
-            asyncio.create_task(MqttConsumer(receiver.ctx, receiver.media, config.mqtt).run(), name="mqtt-consumer")
-            if config.mqtt.enabled
-            else None
+        log.info(
+            "receiver_listening", bind=section.bind, port=port, backend=store.backend, media=media.name, worker=worker
         )
+        try:
+            problem = await store.schema_behind()
+        except StoreError as exc:
+            problem = f"database unreachable: {exc}"
+        if problem is not None:
+            log.warning("receiver_not_ready", problem=problem)
+        consumer = MqttConsumer(receiver.ctx, receiver.media, config.mqtt, worker) if config.mqtt.enabled else None
+        consuming = asyncio.create_task(consumer.run(), name="mqtt-consumer") if consumer is not None else None
         if on_listening is not None:
             on_listening(port)
         try:
             await stop.wait()
         finally:
-            if consumer is not None:
-                consumer.cancel()
-                await asyncio.gather(consumer, return_exceptions=True)
-            await runner.cleanup()
+            log.info("receiver_draining", timeout_s=section.shutdown_timeout_s)
+            await asyncio.gather(
+                runner.cleanup(),  # closes the socket, then waits for the requests in flight (bounded)
+                _stop_consumer(consumer, consuming, section.shutdown_timeout_s),
+            )
             await receiver.ctx.token_use.settled()
     finally:
         await media.close()
         await store.close()
         log.info("receiver_stopped")
+
+
+async def _stop_consumer(consumer: MqttConsumer | None, task: asyncio.Task[None] | None, timeout_s: float) -> None:
+    if consumer is None or task is None:
+        return
+    try:
+        await asyncio.wait_for(consumer.drain(), timeout_s)
+    except TimeoutError:
+        log.warning("mqtt_drain_timeout", timeout_s=timeout_s)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def add_pole(config: ReceiverConfig, pole_id: str) -> str:

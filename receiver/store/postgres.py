@@ -7,6 +7,7 @@ replicas receiving the same replay cannot both count it as accepted.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from receiver.store.base import (
     pole_state,
     public_event,
     refused_by_database,
+    schema_problem,
     target_versions,
     token_id_of,
 )
@@ -206,31 +208,51 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _migrate(conn: asyncpg.Connection) -> None:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+        for version in sorted(v for v in MIGRATIONS if v > current):
+            for statement in MIGRATIONS[version]:
+                await conn.execute(statement)
+            await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+
+
 class PostgresStore:
     backend = "postgresql"
+    _pool: asyncpg.Pool
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+    def __init__(self) -> None:
+        self._migrated = False
+        self._migrating = asyncio.Lock()
 
     @classmethod
-    async def open(cls, url: str, pool_size: int = 8) -> PostgresStore:
+    async def open(cls, url: str, pool_size: int = 8, wait: bool = True) -> PostgresStore:
+        """The pool connects lazily and brings the schema current on its first connection, so a receiver
+        can start (alive, not ready) while the database is away; ``wait`` connects (and migrates) now,
+        raising :class:`StoreError` if it cannot."""
+        store = cls()
         try:
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=pool_size, init=_init_connection)
+            store._pool = await asyncpg.create_pool(url, min_size=0, max_size=pool_size, init=store._init_connection)
+            if wait:
+                await store._pool.fetchval("SELECT 1")
         except (OSError, asyncpg.PostgresError) as exc:
             raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
-        store = cls(pool)
-        await store._migrate()
         return store
 
-    async def _migrate(self) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
-            for version in sorted(v for v in MIGRATIONS if v > current):
-                for statement in MIGRATIONS[version]:
-                    await conn.execute(statement)
-                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+    async def _init_connection(self, conn: asyncpg.Connection) -> None:
+        await _init_connection(conn)
+        if not self._migrated:
+            async with self._migrating:
+                if not self._migrated:
+                    await _migrate(conn)
+                    self._migrated = True
+
+    async def schema_behind(self) -> str | None:
+        with _available():
+            current = await self._pool.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+        return schema_problem(int(current), max(MIGRATIONS))
 
     async def close(self) -> None:
         await self._pool.close()
