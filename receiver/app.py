@@ -108,10 +108,18 @@ class Receiver:
         resource = request.match_info.route.resource
         route = resource.canonical if resource else "unmatched"
         started = time.perf_counter()
+        status = 500  # what aiohttp answers for an exception that gets past every middleware
         try:
-            return await handler(request)
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
         except StoreError as exc:
             log.error("store_unavailable", error=str(exc), path=request.path)
+            status = 503
             return json_error(503, "database unavailable, retry later")
         finally:
             self.ctx.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            self.ctx.metrics.responses.labels(f"{status // 100}xx").inc()

@@ -77,6 +77,8 @@ class MqttConsumer:
             log.warning("mqtt_insecure", url=config.url, problem=warning)
         self._keys: dict[str, tuple[float, list[str]]] = {}  # pole id -> (when read, its token hashes)
         self._slots = asyncio.Semaphore(config.max_in_flight)
+        ctx.metrics.mqtt_in_flight_max.set(config.max_in_flight)
+        ctx.metrics.mqtt_connected.set(0)
         self._client: aiomqtt.Client | None = None
         self._acks: asyncio.Queue[tuple[aiomqtt.Message, asyncio.Task[None]]] = asyncio.Queue()
         self.connected = False
@@ -105,6 +107,7 @@ class MqttConsumer:
 
     def _on_retry(self, retry_state: RetryCallState) -> None:
         self.connected = False
+        self.ctx.metrics.mqtt_connected.set(0)
         error = retry_state.outcome.exception() if retry_state.outcome else None
         delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
         log.warning(
@@ -146,6 +149,7 @@ class MqttConsumer:
             await client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in self._topics()])
             self._client = client
             self.connected = True
+            self.ctx.metrics.mqtt_connected.set(1)
             log.info("mqtt_consumer_connected", broker=f"{self.host}:{self.port}", client_id=self.client_id)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._acknowledge(client, acks))

@@ -18,13 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiomqtt
 import asyncpg
+import orjson
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from prometheus_client.parser import text_string_to_metric_families
 
-from receiver.auth import new_token, token_hash
+from receiver.auth import new_token
 from receiver.store.factory import open_store
+from sync.protocol import MAC_PROPERTY, batches_topic, message_mac, replies_topic, token_hash
 from tests.conftest import RunningReceiver, pg_schema
 from tests.helpers.pole import free_port
+from tests.mqtt_rig import eventually, rig
 from tests.test_receiver import batch, event, post
 
 
@@ -217,3 +224,68 @@ async def test_not_ready_while_the_schema_is_behind(receiver: RunningReceiver, d
             assert "migrations are behind" in (await r.json())["error"]
         async with s.get(receiver.url + "/health") as r:
             assert r.status == 200
+
+
+async def test_responses_are_counted_by_status_class(
+    receiver: RunningReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from receiver.store.base import StoreError
+
+    token = receiver.tokens["pole-1"]
+    assert (await post(receiver.url, batch("pole-1", [event(1)]), token))[0] == 200
+    assert (await post(receiver.url, batch("pole-1", [event(2)]), "spt_wrong"))[0] == 401
+
+    async def down(token_hash: str) -> None:
+        raise StoreError("connection refused")
+
+    monkeypatch.setattr(receiver.store, "lookup_token", down)
+    assert (await post(receiver.url, batch("pole-1", [event(3)]), token))[0] == 503
+    async with aiohttp.ClientSession() as s, s.get(receiver.url + "/metrics") as r:
+        text = await r.text()
+    counts = {
+        s.labels["code"]: s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "smartpole_receiver_http_responses_total"
+    }
+    assert counts == {"2xx": 1, "4xx": 1, "5xx": 1}
+
+
+async def test_the_mqtt_consumer_finishes_the_message_in_hand_when_drained(tmp_path: Path, pg_url: str) -> None:
+    async with rig(pg_url, tmp_path) as r:
+        consumer = r.start_consumer()
+        await r.connected()
+        metrics = r.rx.receiver.ctx.metrics
+        assert metrics.mqtt_connected._value.get() == 1  # noqa: SLF001
+        assert metrics.mqtt_in_flight_max._value.get() == 16  # noqa: SLF001
+        token = r.rx.tokens["pole-1"]
+        payload = batch("pole-1", [event(i) for i in range(1, 21)])
+        blocker = await asyncpg.connect(pg_url)
+        async with aiomqtt.Client(
+            "127.0.0.1",
+            r.broker.port,
+            username="pole-1",
+            password=token,
+            identifier="pole-1-raw",
+            protocol=aiomqtt.ProtocolVersion.V5,
+        ) as pole:
+            await pole.subscribe(replies_topic("pole-1"), qos=1)
+            locked = blocker.transaction()
+            await locked.start()
+            await blocker.execute("SELECT 1 FROM poles WHERE pole_id = 'pole-1' FOR UPDATE")
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.CorrelationData = b"b-1"
+            properties.UserProperty = (MAC_PROPERTY, message_mac(token_hash(token), b"b-1", payload))
+            await pole.publish(batches_topic("pole-1"), payload, qos=1, properties=properties)
+            await eventually(lambda: metrics.mqtt_in_flight._value.get() == 1, 10, "message in hand")  # noqa: SLF001
+            draining = asyncio.create_task(consumer.drain())
+            await asyncio.sleep(0.5)
+            assert not draining.done(), "drained while a message was still in hand"
+            await locked.commit()
+            await asyncio.wait_for(draining, 10)
+            async with asyncio.timeout(10):
+                message = await anext(aiter(pole.messages))
+            reply = orjson.loads(message.payload)  # type: ignore[arg-type]
+            assert reply["status"] == 200 and len(reply["accepted"]) == 20, reply
+        await blocker.close()
+        assert metrics.mqtt_in_flight._value.get() == 0  # noqa: SLF001
