@@ -20,7 +20,7 @@ from aiohttp.typedefs import Handler
 from httpkit.body import NO_AUTO_DECOMPRESS, Gunzip
 from httpkit.errors import json_error, json_errors
 from httpkit.headers import security_headers
-from receiver.auth import TokenUse
+from receiver.auth import TokenCache, TokenUse
 from receiver.batches import Batches
 from receiver.config import ReceiverSection
 from receiver.context import Context
@@ -63,6 +63,7 @@ class Receiver:
             TokenUse(),
             ReceiverPolicy(policy),
             media if media is not None else LocalMediaStore(config.media_dir),
+            TokenCache(config.token_cache_s),
         )
         self.batches = Batches(self.ctx)
         self.media = Media(self.ctx)

@@ -42,6 +42,13 @@ class ReceiverSection(Strict):
     online_window_s: float = Field(300.0, gt=0, description="A pole seen within this many seconds counts as online.")
     events_page_max: int = Field(1000, ge=1, description="Most events one GET /v1/events page returns.")
     pool_size: int = Field(8, ge=1, le=64, description="PostgreSQL connections per receiver process.")
+    token_cache_s: float = Field(
+        5.0,
+        ge=0,
+        le=60,
+        description="How long a process keeps a pole token it looked up, for batches and media (one lookup "
+        "less per request); a revoked pole can still send for this long. 0: look up every request.",
+    )
     shutdown_timeout_s: float = Field(
         10.0,
         gt=0,

@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from receiver.auth import new_token
 from receiver.store.factory import open_store
 from sync.protocol import MAC_PROPERTY, batches_topic, message_mac, replies_topic, token_hash
-from tests.conftest import RunningReceiver, pg_schema
+from tests.conftest import RunningReceiver, pg_schema, start_receiver, stop_receiver
 from tests.helpers.pole import free_port
 from tests.mqtt_rig import eventually, rig
 from tests.test_receiver import batch, event, post
@@ -235,10 +235,10 @@ async def test_responses_are_counted_by_status_class(
     assert (await post(receiver.url, batch("pole-1", [event(1)]), token))[0] == 200
     assert (await post(receiver.url, batch("pole-1", [event(2)]), "spt_wrong"))[0] == 401
 
-    async def down(token_hash: str) -> None:
+    async def down(*args: object) -> None:
         raise StoreError("connection refused")
 
-    monkeypatch.setattr(receiver.store, "lookup_token", down)
+    monkeypatch.setattr(receiver.store, "insert_batch", down)
     assert (await post(receiver.url, batch("pole-1", [event(3)]), token))[0] == 503
     async with aiohttp.ClientSession() as s, s.get(receiver.url + "/metrics") as r:
         text = await r.text()
@@ -289,3 +289,44 @@ async def test_the_mqtt_consumer_finishes_the_message_in_hand_when_drained(tmp_p
             assert reply["status"] == 200 and len(reply["accepted"]) == 20, reply
         await blocker.close()
         assert metrics.mqtt_in_flight._value.get() == 0  # noqa: SLF001
+
+
+async def test_a_pole_token_is_looked_up_once_within_its_ttl_and_revocation_bites_after_it(
+    database_url: str, tmp_path: Path
+) -> None:
+    running = await start_receiver(database_url, tmp_path / "media", token_cache_s=1.0)
+    try:
+        token = await running.add_pole("pole-1")
+        lookups = []
+        real = running.store.lookup_token
+
+        async def counted(digest: str) -> Any:
+            lookups.append(digest)
+            return await real(digest)
+
+        running.store.lookup_token = counted  # type: ignore[method-assign]
+        for seq in (1, 2, 3):
+            assert (await post(running.url, batch("pole-1", [event(seq)]), token))[0] == 200
+        assert len(lookups) == 1, "later batches within the TTL are not looked up again"
+        for _ in range(2):  # an unknown token is asked for every time (and never cached)
+            assert (await post(running.url, batch("pole-1", [event(9)]), "spt_unknown"))[0] == 401
+        assert len(lookups) == 3
+
+        await running.store.revoke_pole("pole-1")  # as another process (the CLI) would
+        revoked_at = time.monotonic()
+        while (await post(running.url, batch("pole-1", [event(4)]), token))[0] == 200:
+            assert time.monotonic() - revoked_at < 1.0 + 0.5, "still accepted past the TTL"
+            await asyncio.sleep(0.1)
+    finally:
+        await stop_receiver(running)
+
+
+async def test_without_a_token_cache_every_request_is_looked_up(database_url: str, tmp_path: Path) -> None:
+    running = await start_receiver(database_url, tmp_path / "media", token_cache_s=0)
+    try:
+        token = await running.add_pole("pole-1")
+        assert (await post(running.url, batch("pole-1", [event(1)]), token))[0] == 200
+        await running.store.revoke_pole("pole-1")
+        assert (await post(running.url, batch("pole-1", [event(2)]), token))[0] == 401
+    finally:
+        await stop_receiver(running)

@@ -180,6 +180,36 @@ RETURNING event_id::text
 """
 
 
+# A batch in one statement: its new events, its pole's row (counting only the new ones) and which of
+# its media are stored, atomic without a transaction of its own. A data error in any event aborts
+# the whole statement, and the batch is then written event by event (``_insert_one_by_one``).
+_INSERT_AT_ONCE = """
+WITH new AS (
+    INSERT INTO events (pole_id, event_id, seq, ts, type, priority, lat, lon, location_source,
+                        data, media, received_at, batch_id)
+    SELECT $1, e.event_id::uuid, e.seq, e.ts, e.type, e.priority, e.lat, e.lon, e.src,
+           e.data::jsonb, e.media::jsonb, $2, $3
+    FROM unnest($4::text[], $5::bigint[], $6::float8[], $7::text[], $8::text[], $9::float8[],
+                $10::float8[], $11::text[], $12::text[], $13::text[])
+         AS e(event_id, seq, ts, type, priority, lat, lon, src, data, media)
+    ON CONFLICT (pole_id, event_id) DO NOTHING
+    RETURNING event_id::text AS id
+), pole AS (
+    UPDATE poles SET last_seen = $2, first_seen = coalesce(first_seen, $2), last_batch_id = $3,
+        max_seq = greatest(max_seq, $14), events_total = events_total + (SELECT count(*) FROM new){status}
+    WHERE pole_id = $1 RETURNING config_target
+)
+SELECT array(SELECT id FROM new), (SELECT config_target FROM pole),
+       array(SELECT sha256 FROM media WHERE sha256 = any($15::text[]))
+"""
+_INSERT_AT_ONCE_WITH_STATUS = _INSERT_AT_ONCE.replace(
+    "{status}",
+    ", status = $16::jsonb, config_applied = $17, config_error = $18, backlog = $19, oldest_age_s = $20,"
+    " clock_skew_s = $21",
+)
+_INSERT_AT_ONCE = _INSERT_AT_ONCE.replace("{status}", "")
+
+
 def _walk_large_floats(value: Any) -> Any:
     if isinstance(value, float) and abs(value) >= 1e16:
         return orjson.Fragment(format(value, ".1f"))
@@ -219,6 +249,13 @@ async def _migrate(conn: asyncpg.Connection) -> None:
             await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
 
 
+async def _session_kept(conn: asyncpg.Connection) -> None:
+    """On release to the pool, asyncpg still ends any open transaction; this replaces only its reset
+    query (UNLISTEN, RESET ALL, unlock all, CLOSE ALL), a round trip per request for session state
+    this store never sets: it LISTENs to nothing, SETs nothing and takes only transaction-scoped
+    advisory locks."""
+
+
 class PostgresStore:
     backend = "postgresql"
     _pool: asyncpg.Pool
@@ -234,7 +271,9 @@ class PostgresStore:
         raising :class:`StoreError` if it cannot."""
         store = cls()
         try:
-            store._pool = await asyncpg.create_pool(url, min_size=0, max_size=pool_size, init=store._init_connection)
+            store._pool = await asyncpg.create_pool(
+                url, min_size=0, max_size=pool_size, init=store._init_connection, reset=_session_kept
+            )
             if wait:
                 await store._pool.fetchval("SELECT 1")
         except (OSError, asyncpg.PostgresError) as exc:
@@ -342,52 +381,109 @@ class PostgresStore:
         self, pole_id: str, batch_id: str, events: list[WireEvent], status: dict[str, Any] | None, now: float
     ) -> InsertResult:
         rows = [(*event_row(e), jsonb_text(e.data), orjson.dumps(e.media).decode()) for e in events]
-        rejected: list[Rejection] = []
+        shas = sorted({sha for e in events for sha in e.media})
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with self._pool.acquire() as conn:
                 try:
-                    async with conn.transaction():  # a savepoint: the common case is this one statement
-                        inserted = await self._insert(conn, pole_id, batch_id, now, rows)
-                except _DATA_ERRORS:
-                    inserted = set()
-                    for event, row in zip(events, rows, strict=True):
-                        try:
-                            async with conn.transaction():
-                                inserted |= await self._insert(conn, pole_id, batch_id, now, [row])
-                        except _DATA_ERRORS as exc:
-                            rejected.append(Rejection(id=event.id, reason=refused_by_database(exc)))
-                refused = {r.id for r in rejected}
-                kept = [e for e in events if e.id not in refused]
-                touched = (pole_id, now, batch_id, max((e.seq for e in kept), default=0), len(inserted))
-                if status is None:
-                    target = await conn.fetchval(_TOUCH_POLE, *touched)
-                else:
-                    figures = StatusFigures.of(status)
-                    target = await conn.fetchval(
-                        _TOUCH_POLE_WITH_STATUS,
-                        *touched,
-                        status,
-                        figures.config_applied,
-                        figures.config_error,
-                        figures.backlog,
-                        figures.oldest_age_s,
-                        figures.clock_skew_s,
+                    # The common case: one statement, one round trip, atomic on its own.
+                    inserted, target, have = await self._insert_at_once(
+                        conn, pole_id, batch_id, now, rows, shas, status
                     )
-                shas = sorted({sha for e in kept for sha in e.media})
-                have = (
-                    {r[0] for r in await conn.fetch("SELECT sha256 FROM media WHERE sha256 = any($1::text[])", shas)}
-                    if shas
-                    else set()
-                )
+                    rejected: list[Rejection] = []
+                except _DATA_ERRORS:  # nothing was written: find the event(s) the database refuses
+                    inserted, target, have, rejected = await self._insert_one_by_one(
+                        conn, pole_id, batch_id, now, events, rows, status
+                    )
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
+        refused = {r.id for r in rejected}
+        kept = [e for e in events if e.id not in refused]
+        kept_shas = sorted({sha for e in kept for sha in e.media})
         return InsertResult(
             accepted=[e.id for e in kept if e.id in inserted],
             duplicates=[e.id for e in kept if e.id not in inserted],
-            missing_media=[s for s in shas if s not in have],
+            missing_media=[s for s in kept_shas if s not in have],
             rejected=rejected,
             config_target=target,
         )
+
+    @staticmethod
+    async def _insert_at_once(
+        conn: asyncpg.Connection,
+        pole_id: str,
+        batch_id: str,
+        now: float,
+        rows: list[tuple[Any, ...]],
+        shas: list[str],
+        status: dict[str, Any] | None,
+    ) -> tuple[set[str], str | None, set[str]]:
+        """The events, the pole's row and the media check in one statement: (new ids, the pole's
+        target version, which of ``shas`` are stored)."""
+        columns = [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(10)]
+        max_seq = max((r[1] for r in rows), default=0)
+        params: list[Any] = [pole_id, now, batch_id, *columns, max_seq, shas]
+        if status is None:
+            sql = _INSERT_AT_ONCE
+        else:
+            figures = StatusFigures.of(status)
+            sql = _INSERT_AT_ONCE_WITH_STATUS
+            params += [
+                status,
+                figures.config_applied,
+                figures.config_error,
+                figures.backlog,
+                figures.oldest_age_s,
+                figures.clock_skew_s,
+            ]
+        row = await conn.fetchrow(sql, *params)
+        assert row is not None
+        return set(row[0]), row[1], set(row[2])
+
+    async def _insert_one_by_one(
+        self,
+        conn: asyncpg.Connection,
+        pole_id: str,
+        batch_id: str,
+        now: float,
+        events: list[WireEvent],
+        rows: list[tuple[Any, ...]],
+        status: dict[str, Any] | None,
+    ) -> tuple[set[str], str | None, set[str], list[Rejection]]:
+        """A batch the database refused a value of: each event in its own savepoint, the refused ones
+        rejected, the others stored with the pole's row in one transaction."""
+        rejected: list[Rejection] = []
+        inserted: set[str] = set()
+        async with conn.transaction():
+            for event, row in zip(events, rows, strict=True):
+                try:
+                    async with conn.transaction():
+                        inserted |= await self._insert(conn, pole_id, batch_id, now, [row])
+                except _DATA_ERRORS as exc:
+                    rejected.append(Rejection(id=event.id, reason=refused_by_database(exc)))
+            refused = {r.id for r in rejected}
+            kept = [e for e in events if e.id not in refused]
+            touched = (pole_id, now, batch_id, max((e.seq for e in kept), default=0), len(inserted))
+            if status is None:
+                target = await conn.fetchval(_TOUCH_POLE, *touched)
+            else:
+                figures = StatusFigures.of(status)
+                target = await conn.fetchval(
+                    _TOUCH_POLE_WITH_STATUS,
+                    *touched,
+                    status,
+                    figures.config_applied,
+                    figures.config_error,
+                    figures.backlog,
+                    figures.oldest_age_s,
+                    figures.clock_skew_s,
+                )
+            shas = sorted({sha for e in kept for sha in e.media})
+            have = (
+                {r[0] for r in await conn.fetch("SELECT sha256 FROM media WHERE sha256 = any($1::text[])", shas)}
+                if shas
+                else set()
+            )
+        return inserted, target, have, rejected
 
     @staticmethod
     async def _insert(
