@@ -15,8 +15,8 @@ their own, dropped afterwards; with ``--transport mqtt`` the poles publish throu
 on 127.0.0.1:1883 (signed as real poles sign) and the receivers' ``[mqtt]`` consumers answer.
 A batch that gets an error (5xx, connection trouble, timeout) is counted and sent again, as a pole
 would. Afterwards the events table is counted: ``lost`` and ``duplicates_stored`` are measured.
-Where the time goes: CPU seconds of the receiver processes, of PostgreSQL's processes and of this
-load generator, per phase (from /proc). ``--profile FILE`` runs one receiver process (no
+Where the time goes: CPU seconds of the receiver processes, of the PostgreSQL backends serving the
+bench's database and of this load generator, per phase (from /proc). ``--profile FILE`` runs one receiver process (no
 supervisor) under cProfile and writes its stats there. The last line printed is one JSON object.
 """
 
@@ -98,32 +98,22 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def postgres_pids() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == "postgres":
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
-
-
 @dataclass
 class Cpu:
-    """CPU seconds of the receivers, PostgreSQL (every postgres process) and this process."""
+    """CPU seconds of the receivers, of the PostgreSQL backends serving the bench's database (other
+    work on the same server is not counted) and of this process."""
 
     receivers: float
     postgres: float
     load_generator: float
 
     @classmethod
-    def now(cls, receiver_root: int) -> Cpu:
+    async def now(cls, receiver_root: int, admin: asyncpg.Connection, database: str) -> Cpu:
+        backends = await admin.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", database)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return cls(
             sum(cpu_seconds(p) for p in descendants(receiver_root)),
-            sum(cpu_seconds(p) for p in postgres_pids()),
+            sum(cpu_seconds(r[0]) for r in backends),
             usage.ru_utime + usage.ru_stime,
         )
 
@@ -390,11 +380,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             await transport.start()
         send = transport.send
 
-        before = Cpu.now(proc.pid)
+        before = await Cpu.now(proc.pid, admin, name)
         b = await burst(poles, send, args.burst_batches, args.burst_events, rng)
-        after_burst = Cpu.now(proc.pid)
+        after_burst = await Cpu.now(proc.pid, admin, name)
         s = await steady(poles, send, args.steady_rate, args.steady_batch, args.steady_seconds, rng)
-        after_steady = Cpu.now(proc.pid)
+        after_steady = await Cpu.now(proc.pid, admin, name)
     finally:
         if transport is not None:
             await transport.close()
