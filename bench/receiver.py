@@ -11,8 +11,9 @@ are sent twice, as a pole does when a reply is lost. Two phases:
   spread evenly), whether or not earlier ones were answered, for ``--steady-seconds``.
 
 The receivers are ``smartpole receiver --workers N`` (N processes on one port) on a database of
-their own, dropped afterwards; with ``--transport mqtt`` the poles publish through the Mosquitto
-on 127.0.0.1:1883 (signed as real poles sign) and the receivers' ``[mqtt]`` consumers answer.
+their own, dropped afterwards; with ``--transport mqtt`` the poles publish through a Mosquitto of
+the bench's own on 127.0.0.1 (signed as real poles sign) and the receivers' ``[mqtt]`` consumers
+answer.
 A batch that gets an error (5xx, connection trouble, timeout) is counted and sent again, as a pole
 would. Afterwards the events table is counted: ``lost`` and ``duplicates_stored`` are measured.
 Where the time goes: CPU seconds of the receiver processes, of the PostgreSQL backends serving the
@@ -66,7 +67,16 @@ from sync.protocol import (  # noqa: E402
 )
 
 PG_URL = os.environ.get("SMARTPOLE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-BROKER = ("127.0.0.1", 1883)
+# The broker: a Mosquitto of the bench's own on 127.0.0.1 (anonymous, no persistence), because the
+# system's default queue (1,000 messages per client) drops a burst of 10,000 batches; its queue is
+# sized as config/mosquitto/mosquitto.conf sizes it. The receivers still check each pole's signature.
+BROKER_CONF = """
+listener {port} 127.0.0.1
+allow_anonymous true
+persistence false
+max_queued_messages 200000
+max_inflight_messages 100
+"""
 TICK = os.sysconf("SC_CLK_TCK")
 REQUEST_TIMEOUT_S = 60.0
 
@@ -203,18 +213,34 @@ class HttpPoles:
         await self.session.close()
 
 
+def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    (workdir / "mosquitto.conf").write_text(BROKER_CONF.format(port=port))
+    proc = subprocess.Popen(["mosquitto", "-c", str(workdir / "mosquitto.conf")], stderr=subprocess.DEVNULL)
+    import socket
+
+    for _ in range(100):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return proc, port
+        time.sleep(0.05)
+    raise RuntimeError("mosquitto did not start")
+
+
 class MqttPoles:
     """One MQTT connection per pole, as poles have; replies matched by correlation data."""
 
-    def __init__(self, poles: list[Pole]) -> None:
+    def __init__(self, poles: list[Pole], port: int) -> None:
         self.poles = poles
+        self.port = port
         self.clients: dict[str, aiomqtt.Client] = {}
         self.waiting: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         async def connect(pole: Pole) -> None:
-            client = aiomqtt.Client(*BROKER, identifier=f"{pole.pole_id}", protocol=aiomqtt.ProtocolVersion.V5)
+            client = aiomqtt.Client(
+                "127.0.0.1", self.port, identifier=pole.pole_id, protocol=aiomqtt.ProtocolVersion.V5
+            )
             await client.__aenter__()
             await client.subscribe(replies_topic(pole.pole_id), qos=1)
             self.clients[pole.pole_id] = client
@@ -350,12 +376,14 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         'level = "warning"',
         'format = "json"',
     ]
+    broker: subprocess.Popen[bytes] | None = None
     if args.transport == "mqtt":
+        broker, broker_port = start_broker(workdir)
         run_id = uuid.uuid4().hex[:8]
         conf += [
             "[mqtt]",
             "enabled = true",
-            f'url = "mqtt://{BROKER[0]}:{BROKER[1]}"',
+            f'url = "mqtt://127.0.0.1:{broker_port}"',
             f'group = "bench-{run_id}"',
             f'client_id = "bench-{run_id}"',
             "session_expiry_s = 0",
@@ -376,7 +404,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         if args.transport == "http":
             transport = HttpPoles(port)
         else:
-            transport = MqttPoles(poles)
+            transport = MqttPoles(poles, broker_port)
             await transport.start()
         send = transport.send
 
@@ -390,6 +418,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             await transport.close()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
+        if broker is not None:
+            broker.terminate()
+            broker.wait(10)
     conn = await asyncpg.connect(database_url)
     try:
         stored, distinct = await conn.fetchrow("SELECT count(*), count(DISTINCT (pole_id, event_id)) FROM events")
