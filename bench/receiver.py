@@ -6,7 +6,8 @@ Usage: python bench/receiver.py [--receivers 2] [--transport http|mqtt] [--poles
 Each simulated pole (an asyncio task) has its own token and its own event ids; 5% of its batches
 are sent twice, as a pole does when a reply is lost. Two phases:
 
-- burst: every pole posts 10 gzip batches of 50 events at once (its 10 requests concurrently);
+- burst: every pole posts 10 gzip batches of 50 events at once, through as many lanes as its
+  uplink has (``--in-flight``: 1 over HTTP, 4 over MQTT; 10 sends them all concurrently);
 - steady: 20,000 events/s offered in batches of 20 (1,000 batches/s: each pole one batch a second,
   spread evenly), whether or not earlier ones were answered, for ``--steady-seconds``.
 
@@ -139,6 +140,7 @@ class Cpu:
 class Pole:
     pole_id: str
     token: str
+    lanes: asyncio.Semaphore  # batches in flight at once, as its uplink's max_in_flight
     seq: int = 0
     sent_ids: list[str] = field(default_factory=list)
 
@@ -172,8 +174,14 @@ Send = Callable[[Pole, bytes], Awaitable[dict[str, Any] | None]]  # the reply, o
 
 
 async def deliver(send: Send, pole: Pole, body: bytes, tally: Tally, twice: bool) -> None:
-    """Send until answered (a pole retries), timing from the first try; ``twice``: then once more."""
+    """Send until answered (a pole retries), timing from when it was due (waiting for one of the
+    pole's lanes included); ``twice``: then once more."""
     started = time.perf_counter()
+    async with pole.lanes:
+        await _deliver(send, pole, body, tally, twice, started)
+
+
+async def _deliver(send: Send, pole: Pole, body: bytes, tally: Tally, twice: bool, started: float) -> None:
     for attempt in range(2 if twice else 1):
         while True:
             reply = await send(pole, body)
@@ -326,10 +334,10 @@ async def steady(poles: list[Pole], send: Send, rate: int, batch: int, seconds: 
     }
 
 
-async def register(database_url: str, count: int) -> list[Pole]:
+async def register(database_url: str, count: int, in_flight: int) -> list[Pole]:
     """Poles and their tokens, written straight into the receiver's tables (the schema made by a
     receiver first); a real city registers them through the fleet API."""
-    poles = [Pole(f"bench-{i:05d}", new_token()) for i in range(count)]
+    poles = [Pole(f"bench-{i:05d}", new_token(), asyncio.Semaphore(in_flight)) for i in range(count)]
     conn = await asyncpg.connect(database_url)
     try:
         now = time.time()
@@ -400,7 +408,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     transport: HttpPoles | MqttPoles | None = None
     try:
         await wait_ready(port, proc)
-        poles = await register(database_url, args.poles)
+        in_flight = args.in_flight or (1 if args.transport == "http" else 4)  # the uplink's defaults
+        poles = await register(database_url, args.poles, in_flight)
         if args.transport == "http":
             transport = HttpPoles(port)
         else:
@@ -437,6 +446,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "receivers": args.receivers,
         "transport": args.transport,
         "profiled": bool(args.profile),
+        "pole_in_flight": in_flight,
         "events": b["events"],
         "events_per_s": b["events_per_s"],
         "burst_seconds": b["seconds"],
@@ -468,6 +478,13 @@ def main() -> None:
     ap.add_argument("--steady-rate", type=int, default=20_000, help="events per second offered")
     ap.add_argument("--steady-batch", type=int, default=20)
     ap.add_argument("--steady-seconds", type=float, default=60.0)
+    ap.add_argument(
+        "--in-flight",
+        type=int,
+        default=None,
+        help="batches a pole has in flight at once (default: the uplink's, 1 over HTTP, 4 over MQTT); "
+        "10 sends a pole's whole burst at once",
+    )
     ap.add_argument("--pool-size", type=int, default=8, help="database connections per receiver process")
     ap.add_argument("--profile", metavar="FILE", help="one receiver process under cProfile, stats written to FILE")
     args = ap.parse_args()

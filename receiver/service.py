@@ -19,6 +19,11 @@ from receiver.store.factory import open_store
 
 log = structlog.get_logger("receiver")
 
+# Connections the kernel queues before they are accepted (capped by net.core.somaxconn). aiohttp's
+# 128 overflows when a thousand poles reconnect at once after an outage: the dropped SYNs are
+# retried after 1, 3, 7 s..., seconds of latency while the receiver sits idle.
+LISTEN_BACKLOG = 4096
+
 
 async def serve(
     config: ReceiverConfig,
@@ -38,7 +43,7 @@ async def serve(
         receiver = Receiver(section, config.policy, store, media=media)
         runner = web.AppRunner(receiver.make_app(), access_log=None, shutdown_timeout=section.shutdown_timeout_s)
         await runner.setup()
-        site = web.TCPSite(runner, section.bind, section.port, reuse_port=worker is not None)
+        site = web.TCPSite(runner, section.bind, section.port, reuse_port=worker is not None, backlog=LISTEN_BACKLOG)
         await site.start()
         port = runner.addresses[0][1]
         log.info(
