@@ -88,13 +88,26 @@ def gunzip_limited(data: bytes | bytearray, max_bytes: int, step: int = 1 << 20)
 
 
 class Gunzip:
-    """Inflates bodies in threads, ``max_concurrent`` at a time (the others wait their turn)."""
+    """Inflates bodies in threads, ``max_concurrent`` at a time (the others wait their turn).
+
+    A small body (a pole's batch of tens of events) is inflated at once on the caller's thread, up
+    to ``INLINE_OUTPUT`` bytes (well under a millisecond): handing it to a thread costs more than
+    that. One that would inflate further goes to a thread like any other."""
+
+    INLINE_INPUT = 16_384
+    INLINE_OUTPUT = 1 << 20
 
     def __init__(self, max_concurrent: int = 2) -> None:
         self.max_concurrent = max_concurrent
         self._slots = asyncio.Semaphore(max_concurrent)
 
     async def __call__(self, data: bytes | bytearray, max_bytes: int) -> bytearray:
+        if len(data) <= self.INLINE_INPUT:
+            try:
+                return gunzip_limited(data, min(max_bytes, self.INLINE_OUTPUT))
+            except BodyTooLarge:
+                if max_bytes <= self.INLINE_OUTPUT:
+                    raise
         async with self._slots:
             return await asyncio.to_thread(gunzip_limited, data, max_bytes)
 

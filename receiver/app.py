@@ -22,7 +22,7 @@ from httpkit.errors import json_error, json_errors
 from httpkit.headers import security_headers
 from receiver import openapi
 from receiver.analytics import Analytics
-from receiver.auth import TokenUse
+from receiver.auth import TokenCache, TokenUse
 from receiver.batches import Batches
 from receiver.config import DashboardSection, ReceiverSection
 from receiver.context import Context
@@ -40,6 +40,9 @@ from receiver.store.base import Store, StoreError
 from sync.protocol import BATCHES_PATH, MEDIA_PATH
 
 log = structlog.get_logger("receiver")
+
+LIVENESS_PATH = "/health"  # the process answers (orchestrators restart it when not)
+READINESS_PATH = "/health/ready"  # it can take traffic: the database answers, the schema is current
 
 
 class Receiver:
@@ -64,6 +67,7 @@ class Receiver:
             TokenUse(),
             ReceiverPolicy(policy),
             media if media is not None else LocalMediaStore(config.media_dir),
+            TokenCache(config.token_cache_s),
         )
         self.batches = Batches(self.ctx)
         self.media = Media(self.ctx)
@@ -112,7 +116,8 @@ class Receiver:
         app.router.add_get("/v1/analytics/traffic", self.analytics.traffic)
         app.router.add_get("/v1/analytics/air", self.analytics.air)
         app.router.add_get("/v1/analytics/speed", self.analytics.speed)
-        app.router.add_get("/health", self.operations.health)
+        app.router.add_get(LIVENESS_PATH, self.operations.health)
+        app.router.add_get(READINESS_PATH, self.operations.ready)
         app.router.add_get("/metrics", self.operations.metrics)
         app.router.add_get("/openapi.json", openapi.serve)
         if self.dashboard is not None:
@@ -125,10 +130,18 @@ class Receiver:
         resource = request.match_info.route.resource
         route = resource.canonical if resource else "unmatched"
         started = time.perf_counter()
+        status = 500  # what aiohttp answers for an exception that gets past every middleware
         try:
-            return await handler(request)
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
         except StoreError as exc:
             log.error("store_unavailable", error=str(exc), path=request.path)
+            status = 503
             return json_error(503, "database unavailable, retry later")
         finally:
             self.ctx.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            self.ctx.metrics.responses.labels(f"{status // 100}xx").inc()

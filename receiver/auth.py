@@ -32,7 +32,7 @@ TOKEN_PREFIX = "spt_"
 READERS = ("reader", "admin")  # every route that reads admits these
 ADMINS = ("admin",)
 
-__all__ = ["ADMINS", "READERS", "ROLES", "TokenUse", "authenticate", "bearer", "new_token", "token_hash"]
+__all__ = ["ADMINS", "READERS", "ROLES", "TokenCache", "TokenUse", "authenticate", "bearer", "new_token", "token_hash"]
 
 
 def new_token() -> str:
@@ -79,15 +79,47 @@ class TokenUse:
             await asyncio.gather(*self._tasks)
 
 
+class TokenCache:
+    """Known tokens for a few seconds, so a pole sending batch after batch costs no lookup each time.
+
+    Only found tokens are kept (an unknown one is asked for every time, so a flood of made-up
+    tokens cannot fill memory, and a new pole's token works at once); a revocation takes effect
+    within ``ttl_s``, from every process. ``ttl_s`` 0 asks the database every time."""
+
+    MAX_ENTRIES = 100_000  # past this the cache starts afresh: the working set of a city is smaller
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._known: dict[str, tuple[float, TokenInfo]] = {}
+
+    async def lookup(self, store: Store, digest: str) -> TokenInfo | None:
+        now = time.monotonic()
+        cached = self._known.get(digest)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        info = await store.lookup_token(digest)
+        if info is not None and self.ttl_s > 0:
+            if len(self._known) >= self.MAX_ENTRIES:
+                self._known.clear()
+            self._known[digest] = (now + self.ttl_s, info)
+        return info
+
+    def forget(self) -> None:
+        """After a revocation through this process: it takes effect here at once."""
+        self._known.clear()
+
+
 async def authenticate(
-    request: web.Request, store: Store, *roles: str, use: TokenUse | None = None
+    request: web.Request, store: Store, *roles: str, use: TokenUse | None = None, cache: TokenCache | None = None
 ) -> TokenInfo | web.Response:
     """The request's token if it is valid and has one of ``roles``; else the 401 or 403 to answer.
-    A database that cannot be asked raises ``StoreError`` (answered 503)."""
+    With ``cache``, a token looked up within its TTL is not asked for again. A database that cannot
+    be asked raises ``StoreError`` (answered 503)."""
     token = bearer(request)
     if token is None:
         return json_error(401, "missing bearer token")
-    info = await store.lookup_token(token_hash(token))
+    digest = token_hash(token)
+    info = await (cache.lookup(store, digest) if cache is not None else store.lookup_token(digest))
     if info is None or info.revoked:
         return json_error(401, "unknown or revoked token")
     if info.role not in roles:

@@ -22,7 +22,7 @@ class Batches:
 
     async def post(self, request: web.Request) -> web.Response:
         ctx = self.ctx
-        auth = await authenticate(request, ctx.store, "pole", use=ctx.token_use)
+        auth = await authenticate(request, ctx.store, "pole", use=ctx.token_use, cache=ctx.pole_tokens)
         if isinstance(auth, web.Response):
             ctx.metrics.batches.labels("unauthorized" if auth.status == 401 else "forbidden").inc()
             return auth

@@ -53,6 +53,20 @@ class ReceiverSection(Strict):
         description="Most rows an analytics answer per pole and hour may hold; a wider question gets a 400 "
         "asking for fewer hours or a pole or tag.",
     )
+    token_cache_s: float = Field(
+        5.0,
+        ge=0,
+        le=60,
+        description="How long a process keeps a pole token it looked up, for batches and media (one lookup "
+        "less per request); a revoked pole can still send for this long. 0: look up every request.",
+    )
+    shutdown_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="On SIGTERM, how long requests and MQTT messages in hand may take to finish before they "
+        "are cut (the pole sends again what got no answer); keep it below the orchestrator's grace period.",
+    )
 
 
 class MqttSection(Strict):

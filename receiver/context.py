@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from httpkit.body import Gunzip
-from receiver.auth import TokenUse
+from receiver.auth import TokenCache, TokenUse
 from receiver.config import ReceiverSection
 from receiver.mediastore.base import MediaStore
 from receiver.metrics import ReceiverMetrics
@@ -23,3 +23,4 @@ class Context:
     token_use: TokenUse
     rules: ReceiverPolicy  # ``policy``, ready to apply
     media: MediaStore
+    pole_tokens: TokenCache  # for the ingest routes (batches, media), where a pole asks again and again

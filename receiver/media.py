@@ -34,7 +34,7 @@ class Media:
 
     async def put(self, request: web.Request) -> web.Response:
         ctx = self.ctx
-        auth = await authenticate(request, ctx.store, "pole", use=ctx.token_use)
+        auth = await authenticate(request, ctx.store, "pole", use=ctx.token_use, cache=ctx.pole_tokens)
         if isinstance(auth, web.Response):
             return auth
         sha = request.match_info["sha256"]

@@ -1,9 +1,10 @@
 """The receiver's Prometheus metrics, on a registry of its own.
 
 Ingest: batches by result, events by outcome, rejected events by reason, fields the receiver's
-policy redacted, ingest latency by transport; maintenance runs and what retention removed. Fleet
-and database pool gauges are set when ``/metrics`` is scraped (``receiver/operations.py``): one
-query over the poles, and the pool's own counts.
+policy redacted, ingest latency by transport, HTTP responses by status class, the MQTT consumer's
+messages in hand against its limit; maintenance runs and what retention removed. Fleet and database
+pool gauges are set when ``/metrics`` is scraped (``receiver/operations.py``): one query over the
+poles, and the pool's own counts.
 """
 
 from __future__ import annotations
@@ -47,6 +48,24 @@ class ReceiverMetrics:
         self.mqtt_in_flight = Gauge(
             "smartpole_receiver_mqtt_in_flight",
             "MQTT messages taken from the broker and not yet acknowledged (the consumer's lag).",
+            registry=self.registry,
+        )
+        self.mqtt_in_flight_max = Gauge(
+            "smartpole_receiver_mqtt_in_flight_max",
+            "Most MQTT messages the consumer takes at once (mqtt.max_in_flight): in_flight stuck there means "
+            "messages wait in the broker, the consumer falling behind.",
+            registry=self.registry,
+        )
+        self.mqtt_connected = Gauge(
+            "smartpole_receiver_mqtt_connected",
+            "1 while the MQTT consumer holds a session with the broker (absent when MQTT is off).",
+            registry=self.registry,
+        )
+        self.responses = Counter(
+            "smartpole_receiver_http_responses_total",
+            "HTTP responses by status class (2xx, 3xx, 4xx, 5xx); 5xx are the receiver's own failures "
+            "(503: the database is unavailable).",
+            ["code"],
             registry=self.registry,
         )
         self.poles_online = Gauge(

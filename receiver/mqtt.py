@@ -67,14 +67,36 @@ class MqttConsumer:
         self.ctx = ctx
         self.media = media
         self.config = config
-        self.client_id = config.client_id or default_client_id(worker)
+        if config.client_id is None:
+            self.client_id = default_client_id(worker)
+        else:  # each worker process keeps its own persistent session
+            self.client_id = config.client_id if worker is None else f"{config.client_id}-{worker}"
         self.host, self.port, self.tls = broker_address(config.url)
         warning = config.insecure_warning()
         if warning is not None:
             log.warning("mqtt_insecure", url=config.url, problem=warning)
         self._keys: dict[str, tuple[float, list[str]]] = {}  # pole id -> (when read, its token hashes)
         self._slots = asyncio.Semaphore(config.max_in_flight)
+        ctx.metrics.mqtt_in_flight_max.set(config.max_in_flight)
+        ctx.metrics.mqtt_connected.set(0)
+        self._client: aiomqtt.Client | None = None
+        self._acks: asyncio.Queue[tuple[aiomqtt.Message, asyncio.Task[None]]] = asyncio.Queue()
         self.connected = False
+
+    def _topics(self) -> list[str]:
+        group = f"$share/{self.config.group}/{MQTT_ROOT}/+"
+        return [f"{group}/batches", f"{group}/media/+"]
+
+    async def drain(self) -> None:
+        """Take no more messages and finish those in hand (stored, answered, acknowledged); the
+        caller then cancels :meth:`run`. A message that arrives meanwhile and is cut short is not
+        acknowledged, so the broker delivers it again."""
+        if self._client is not None and self.connected:
+            try:
+                await self._client.unsubscribe(self._topics())
+            except aiomqtt.MqttError as exc:
+                log.warning("mqtt_unsubscribe_failed", error=str(exc))
+        await self._acks.join()
 
     async def run(self) -> None:
         # Whatever ends a session (the broker gone, a refused login, a bug) ends only that session.
@@ -85,6 +107,7 @@ class MqttConsumer:
 
     def _on_retry(self, retry_state: RetryCallState) -> None:
         self.connected = False
+        self.ctx.metrics.mqtt_connected.set(0)
         error = retry_state.outcome.exception() if retry_state.outcome else None
         delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
         log.warning(
@@ -120,13 +143,13 @@ class MqttConsumer:
         # paho acknowledges a QoS 1 message as soon as it is handed over; we acknowledge it only
         # once it is stored and answered. aiomqtt does not expose the switch, paho's client does.
         client._client.manual_ack_set(True)  # noqa: SLF001
-        acks: asyncio.Queue[tuple[aiomqtt.Message, asyncio.Task[None]]] = asyncio.Queue()
+        self._acks = asyncio.Queue()  # what a lost session held is never acknowledged: a fresh queue
+        acks = self._acks
         async with client:
-            group = f"$share/{self.config.group}/{MQTT_ROOT}/+"
-            await client.subscribe(
-                [(f"{group}/batches", SubscribeOptions(qos=1)), (f"{group}/media/+", SubscribeOptions(qos=1))]
-            )
+            await client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in self._topics()])
+            self._client = client
             self.connected = True
+            self.ctx.metrics.mqtt_connected.set(1)
             log.info("mqtt_consumer_connected", broker=f"{self.host}:{self.port}", client_id=self.client_id)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._acknowledge(client, acks))
@@ -141,9 +164,12 @@ class MqttConsumer:
         """PUBACK each message once handled, in the order they arrived (as MQTT requires)."""
         while True:
             message, task = await acks.get()
-            await asyncio.wait([task])
-            if not task.cancelled() and task.exception() is None:
-                client._client.ack(message.mid, message.qos)  # noqa: SLF001
+            try:
+                await asyncio.wait([task])
+                if not task.cancelled() and task.exception() is None:
+                    client._client.ack(message.mid, message.qos)  # noqa: SLF001
+            finally:
+                acks.task_done()
 
     async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         try:

@@ -375,14 +375,34 @@ def _paths() -> Json:
         **_analytics_paths(),
         "/health": {
             "get": {
-                "summary": "Whether the database answers (open, for load balancers)",
+                "summary": "Liveness: the process answers (open; never asks the database)",
                 "security": [],
                 "responses": {
-                    code: _json(
-                        {"type": "object", "required": ["status", "database"], "properties": {"status": _TEXT}},
-                        what,
-                    )
-                    for code, what in (("200", "Serving"), ("503", "The database does not answer"))
+                    "200": _json({"type": "object", "required": ["status"], "properties": {"status": _TEXT}}, "Alive")
+                },
+            }
+        },
+        "/health/ready": {
+            "get": {
+                "summary": "Readiness: the database answers and its schema is current (open, for load balancers)",
+                "security": [],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["status", "database"],
+                            "properties": {"status": _TEXT, "database": _TEXT},
+                        },
+                        "Ready to take traffic",
+                    ),
+                    "503": _json(
+                        {
+                            "type": "object",
+                            "required": ["status", "error"],
+                            "properties": {"status": _TEXT, "error": _TEXT},
+                        },
+                        "Not ready, and why (never the database's own error text)",
+                    ),
                 },
             }
         },

@@ -1,4 +1,11 @@
-"""What operators and load balancers ask: ``/health`` and Prometheus ``/metrics``."""
+"""What operators and load balancers ask: liveness ``/health``, readiness ``/health/ready`` and
+Prometheus ``/metrics``.
+
+Liveness says only that the process serves: restarting a receiver cannot bring a database back,
+so an outage must not make an orchestrator restart every replica. Readiness says whether this
+replica can take batches now (the database answers and its schema is not older than this code);
+a load balancer sends traffic only to ready replicas.
+"""
 
 from __future__ import annotations
 
@@ -22,14 +29,20 @@ class Operations:
         self.ctx = ctx
 
     async def health(self, request: web.Request) -> web.Response:
-        """Open to anyone (load balancers): it says whether the database answers, never why not
-        (the error names hosts, users and ports); the log has the reason."""
+        """Liveness: the event loop answers. Open to anyone, and never asks the database."""
+        return json_response({"status": "ok"})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        """Readiness. Open to anyone (load balancers): it says why not ready, but never the database's
+        error (which names hosts, users and ports); the log has that."""
         try:
-            await self.ctx.store.ping()
+            problem = await self.ctx.store.schema_behind()
         except StoreError as exc:
             log.warning("health_database_unavailable", error=str(exc))
-            return json_response({"status": "unavailable", "database": "unavailable"}, 503)
-        return json_response({"status": "ok", "database": self.ctx.store.backend})
+            problem = "database unreachable"
+        if problem is not None:
+            return json_response({"status": "unavailable", "error": problem}, 503)
+        return json_response({"status": "ready", "database": self.ctx.store.backend})
 
     async def metrics(self, request: web.Request) -> web.Response:
         ctx = self.ctx

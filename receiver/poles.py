@@ -214,6 +214,7 @@ class Poles:
         if await store.get_pole(pole_id) is None:
             return json_error(404, f"no pole {pole_id!r}")
         revoked = await store.revoke_pole(pole_id)
+        self.ctx.pole_tokens.forget()  # at once in this process; the others within token_cache_s
         pole = await store.get_pole(pole_id)
         assert pole is not None
         return json_response({"pole": self.view(pole), "tokens_revoked": revoked})

@@ -17,30 +17,49 @@ from receiver.config import ReceiverConfig
 from receiver.maintenance import MaintenanceSummary, maintenance_loop, run_maintenance
 from receiver.mediastore.factory import open_media_store
 from receiver.mqtt import MqttConsumer
-from receiver.store.base import TOKEN_ID_LENGTH, PoleChanges, TokenRecord
+from receiver.store.base import TOKEN_ID_LENGTH, PoleChanges, StoreError, TokenRecord
 from receiver.store.factory import open_store
 
 log = structlog.get_logger("receiver")
 
+# Connections the kernel queues before they are accepted (capped by net.core.somaxconn). aiohttp's
+# 128 overflows when a thousand poles reconnect at once after an outage: the dropped SYNs are
+# retried after 1, 3, 7 s..., seconds of latency while the receiver sits idle.
+LISTEN_BACKLOG = 4096
 
-async def serve(config: ReceiverConfig, stop: asyncio.Event, on_listening: Callable[[int], None] | None = None) -> None:
-    """Serve until ``stop`` is set; ``on_listening`` gets the bound port (useful with port 0)."""
+
+async def serve(
+    config: ReceiverConfig,
+    stop: asyncio.Event,
+    on_listening: Callable[[int], None] | None = None,
+    worker: int | None = None,
+) -> None:
+    """Serve until ``stop`` is set, then drain: take no new requests or MQTT messages, finish those
+    in hand, all within ``shutdown_timeout_s``. ``on_listening`` gets the bound port (useful with
+    port 0). ``worker`` numbers one of several processes sharing the port (``--workers``)."""
     section = config.receiver
-    store = await open_store(section.database_url.get_secret_value(), section.pool_size)
+    # Not waiting for PostgreSQL: a receiver started while it is away is alive and not ready, and
+    # becomes ready when it answers (readiness probes tell the load balancer).
+    store = await open_store(section.database_url.get_secret_value(), section.pool_size, wait=False)
     media = open_media_store(config.media, section.media_dir)
     try:
         receiver = Receiver(section, config.policy, store, media=media, dashboard=config.dashboard)
-        runner = web.AppRunner(receiver.make_app(), access_log=None, shutdown_timeout=5)
+        runner = web.AppRunner(receiver.make_app(), access_log=None, shutdown_timeout=section.shutdown_timeout_s)
         await runner.setup()
-        site = web.TCPSite(runner, section.bind, section.port)
+        site = web.TCPSite(runner, section.bind, section.port, reuse_port=worker is not None, backlog=LISTEN_BACKLOG)
         await site.start()
         port = runner.addresses[0][1]
-        log.info("receiver_listening", bind=section.bind, port=port, backend=store.backend, media=media.name)
-        consumer = (
-            asyncio.create_task(MqttConsumer(receiver.ctx, receiver.media, config.mqtt).run(), name="mqtt-consumer")
-            if config.mqtt.enabled
-            else None
+        log.info(
+            "receiver_listening", bind=section.bind, port=port, backend=store.backend, media=media.name, worker=worker
         )
+        try:
+            problem = await store.schema_behind()
+        except StoreError as exc:
+            problem = f"database unreachable: {exc}"
+        if problem is not None:
+            log.warning("receiver_not_ready", problem=problem)
+        consumer = MqttConsumer(receiver.ctx, receiver.media, config.mqtt, worker) if config.mqtt.enabled else None
+        consuming = asyncio.create_task(consumer.run(), name="mqtt-consumer") if consumer is not None else None
         upkeep = asyncio.create_task(
             maintenance_loop(store, media, config.retention, receiver.ctx.metrics), name="maintenance"
         )
@@ -49,16 +68,29 @@ async def serve(config: ReceiverConfig, stop: asyncio.Event, on_listening: Calla
         try:
             await stop.wait()
         finally:
-            for task in (consumer, upkeep):
-                if task is not None:
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
-            await runner.cleanup()
+            log.info("receiver_draining", timeout_s=section.shutdown_timeout_s)
+            upkeep.cancel()
+            await asyncio.gather(
+                runner.cleanup(),  # closes the socket, then waits for the requests in flight (bounded)
+                _stop_consumer(consumer, consuming, section.shutdown_timeout_s),
+            )
+            await asyncio.gather(upkeep, return_exceptions=True)
             await receiver.ctx.token_use.settled()
     finally:
         await media.close()
         await store.close()
         log.info("receiver_stopped")
+
+
+async def _stop_consumer(consumer: MqttConsumer | None, task: asyncio.Task[None] | None, timeout_s: float) -> None:
+    if consumer is None or task is None:
+        return
+    try:
+        await asyncio.wait_for(consumer.drain(), timeout_s)
+    except TimeoutError:
+        log.warning("mqtt_drain_timeout", timeout_s=timeout_s)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def add_pole(

@@ -176,6 +176,9 @@ def cmd_receiver(args: argparse.Namespace) -> int:
         return 0 if revoked else 1
 
     configure_logging(config.logging.level, config.logging.format, service="receiver")
+    workers, worker = getattr(args, "workers", 1), getattr(args, "worker", None)
+    if workers > 1 and worker is None:
+        return _supervise_workers(config_file, workers, config.receiver.port, config.receiver.shutdown_timeout_s)
 
     async def main() -> None:
         import signal
@@ -184,7 +187,7 @@ def cmd_receiver(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await service.serve(config, stop)
+        await service.serve(config, stop, worker=worker)
 
     uvloop.run(main())
     return 0
@@ -217,6 +220,21 @@ def _add_user(config: Any, args: argparse.Namespace) -> int:
     created = uvloop.run(service.add_user(config, args.name, args.role, password))
     print(f"user {args.name} ({args.role}) {'created' if created else 'updated, and logged out everywhere'}")
     return 0
+
+
+def _supervise_workers(config_file: str, workers: int, port: int, shutdown_timeout_s: float) -> int:
+    import uvloop
+
+    from smartpole.workers import Supervisor
+
+    if port == 0:
+        print("smartpole receiver: --workers needs a fixed receiver.port (0 would give each its own)", file=sys.stderr)
+        return EXIT_CONFIG
+
+    def command(k: int) -> list[str]:
+        return [sys.executable, "-m", "smartpole.cli", "receiver", "--config", config_file, "--worker", str(k)]
+
+    return uvloop.run(Supervisor(command, workers, shutdown_timeout_s).run())
 
 
 def format_tokens(tokens: list[Any]) -> str:
@@ -297,6 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
         "With an action: manage tokens (pole, reader, admin), or maintain the database. Tokens are printed once "
         "and stored only as sha256 hashes.",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        choices=range(1, 65),
+        metavar="N",
+        help="serve with N processes on one port (SO_REUSEPORT), restarted when they die (default: 1)",
+    )
+    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     p.set_defaults(func=cmd_receiver)
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     a = actions.add_parser("add-pole", parents=[receiver_config], help="register a pole and print a new token for it")

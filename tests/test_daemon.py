@@ -62,6 +62,8 @@ EXPECTED = {
     "smartpole_uplink_last_success_timestamp_seconds": "gauge",
     "smartpole_uplink_backoff_seconds": "gauge",
     "smartpole_camera_up": "gauge",
+    "smartpole_camera_condition": "gauge",
+    "smartpole_outbox_max_bytes": "gauge",
     "smartpole_sensor_readings": "counter",
     "smartpole_sensor_errors": "counter",
     "smartpole_redactions": "counter",
@@ -108,6 +110,8 @@ async def test_metrics_from_a_real_camera_and_sensors(tmp_path: Path) -> None:
                 assert name in families, f"{name} missing"
                 assert families[name].type == kind, f"{name} is a {families[name].type}, not a {kind}"
             assert _value(families, "smartpole_camera_up", camera="street") == 1
+            assert _value(families, "smartpole_camera_condition", camera="street", condition="covered") == 0
+            assert _value(families, "smartpole_outbox_max_bytes") > 0
             assert _value(families, "smartpole_pipeline_fps", camera="street") > 1
             assert _value(families, "smartpole_inference_seconds_count", model="nanodet") > 10
             assert _value(families, "smartpole_events", type="presence") > 0

@@ -4,8 +4,13 @@ the receiver's dashboard will)."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
+from typing import Any
 
+import pytest
+
+from httpkit.body import BodyTooLarge, Gunzip
 from httpkit.passwords import PasswordChecker, hash_password, verify_password
 from httpkit.throttle import LoginThrottle, retry_after
 
@@ -144,3 +149,28 @@ async def test_csrf_guard_wants_the_origin_and_the_session_token() -> None:
     assert await guard.refusal(request(), "session-a") == "missing CSRF token: reload the page"
     assert await guard.refusal(request(**{"X-CSRF-Token": guard.token("session-b")}), "session-a")
     assert await guard.refusal(request(**{"X-CSRF-Token": guard.token("session-a")}), "session-a") is None
+
+
+async def test_gunzip_inflates_small_bodies_at_once_and_small_bombs_still_in_a_thread_within_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads: list[str] = []
+    real = asyncio.to_thread
+
+    async def spy(func: Any, *args: Any) -> Any:
+        threads.append(func.__name__)
+        return await real(func, *args)
+
+    monkeypatch.setattr(asyncio, "to_thread", spy)
+    gunzip = Gunzip()
+    batch = gzip.compress(b'{"events": []}' * 100)
+    assert await gunzip(batch, 10_000_000) == b'{"events": []}' * 100
+    assert threads == [], "a small batch is inflated without a thread"
+    bomb = gzip.compress(bytes(8_000_000))  # about 8 KB that inflates to 8 MB
+    assert len(bomb) <= Gunzip.INLINE_INPUT
+    assert len(await gunzip(bomb, 10_000_000)) == 8_000_000
+    assert threads == ["gunzip_limited"], "past 1 MiB it goes to a thread"
+    with pytest.raises(BodyTooLarge):
+        await gunzip(bomb, 2_000_000)
+    with pytest.raises(BodyTooLarge):
+        await gunzip(bomb, 500_000)  # a limit under 1 MiB is enforced at once

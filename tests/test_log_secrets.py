@@ -103,9 +103,11 @@ async def test_receiver_without_its_database_answers_503_and_logs_no_token(tmp_p
                     assert "database" in (await r.json())["error"]
                 async with s.get(base + "/v1/events", headers={"Authorization": f"Bearer {reader}"}) as r:
                     assert r.status == 503, await r.text()
-                async with s.get(base + "/health") as r:
+                async with s.get(base + "/health/ready") as r:
                     assert r.status == 503
                     assert DB_PASSWORD not in await r.text()
+                async with s.get(base + "/health") as r:  # alive: restarting it would not bring the database back
+                    assert r.status == 200
         finally:
             proc.terminate()
             output = proc.communicate(timeout=30)[0].decode()

@@ -111,7 +111,7 @@ async def test_an_id_repeated_with_another_body_is_rejected_not_dropped(receiver
     assert status == 200 and reply["accepted"] == [first["id"], fine["id"]], "the same body twice is one event"
 
 
-async def test_health_says_unavailable_without_the_database_error(
+async def test_readiness_says_unavailable_without_the_database_error(
     receiver: RunningReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from receiver.store.base import StoreError
@@ -119,8 +119,8 @@ async def test_health_says_unavailable_without_the_database_error(
     async def down() -> None:
         raise StoreError('connection to server at "db.internal" (10.1.2.3), port 5432 failed: FATAL: role "rx"')
 
-    monkeypatch.setattr(receiver.store, "ping", down)
-    async with aiohttp.ClientSession() as s, s.get(receiver.url + "/health") as r:
+    monkeypatch.setattr(receiver.store, "schema_behind", down)
+    async with aiohttp.ClientSession() as s, s.get(receiver.url + "/health/ready") as r:
         assert r.status == 503
         body = await r.text()
     assert "unavailable" in body

@@ -8,6 +8,7 @@ status page shows (a collector), so both always agree.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -15,6 +16,9 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from gateway.status import PoleStatus
+from gateway.vision.health import Condition
+
+CONDITIONS: tuple[Condition, ...] = get_args(Condition)
 
 INFERENCE_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 
@@ -59,6 +63,13 @@ class _StatusCollector(Collector):
             ["camera"],
             [([c.name], 1.0 if c.up else 0.0) for c in cams],
         )
+        yield _family(
+            GaugeMetricFamily,
+            "smartpole_camera_condition",
+            "1 while the camera has the condition (down, dark, frozen; covered or moved: tampered).",
+            ["camera", "condition"],
+            [([c.name, k], 1.0 if k in c.conditions else 0.0) for c in cams for k in CONDITIONS],
+        )
         outbox = s.outbox
         yield _family(
             GaugeMetricFamily,
@@ -68,6 +79,9 @@ class _StatusCollector(Collector):
             [([p], n) for p, n in outbox.depth.items()],
         )
         yield GaugeMetricFamily("smartpole_outbox_bytes", "Bytes of queued events and media.", value=outbox.bytes_used)
+        yield GaugeMetricFamily(
+            "smartpole_outbox_max_bytes", "The outbox's cap: past it, events are evicted.", value=outbox.max_bytes
+        )
         yield GaugeMetricFamily(
             "smartpole_outbox_oldest_age_seconds",
             "Age of the oldest queued event (0 when empty).",
@@ -107,6 +121,12 @@ class _StatusCollector(Collector):
         yield GaugeMetricFamily(
             "smartpole_uplink_backoff_seconds", "Current retry delay (0 when healthy).", value=uplink.backoff_s
         )
+        if s.clock is not None and s.clock.skew_s is not None:
+            yield GaugeMetricFamily(
+                "smartpole_clock_skew_seconds",
+                "The host clock minus GPS time, when GPS last checked it (positive: the host is ahead).",
+                value=s.clock.skew_s,
+            )
         sensors = s.sensors
         yield _family(
             CounterMetricFamily,

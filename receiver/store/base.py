@@ -402,6 +402,15 @@ def refused_by_database(exc: BaseException) -> str:
     return f"the database refused this event ({type(exc).__name__}: {first[:200]})"
 
 
+def schema_problem(current: int, needed: int) -> str | None:
+    """Why a schema at version ``current`` cannot serve a receiver whose migrations end at ``needed``.
+    A newer schema is fine: migrations only add, and during a rolling update the old receivers must
+    stay ready while the first new one has migrated."""
+    if current < needed:
+        return f"database schema is at version {current}, this receiver needs {needed}: migrations are behind"
+    return None
+
+
 class Store(Protocol):
     """What the receiver needs from a database."""
 
@@ -410,6 +419,10 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     async def ping(self) -> None: ...
+
+    async def schema_behind(self) -> str | None:
+        """Why the database's schema is too old for this receiver, or None when it is current."""
+        ...
 
     async def lookup_token(self, token_hash: str) -> TokenInfo | None: ...
 

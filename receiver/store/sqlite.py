@@ -59,6 +59,7 @@ from receiver.store.base import (
     pole_state,
     public_event,
     refused_by_database,
+    schema_problem,
     target_versions,
     token_id_of,
 )
@@ -438,6 +439,11 @@ class SqliteStore:
             await self._reader.execute("SELECT 1")
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from exc
+
+    async def schema_behind(self) -> str | None:
+        with _available():
+            row = await (await self._reader.execute("SELECT coalesce(max(version), 0) FROM schema_version")).fetchone()
+        return schema_problem(int(row[0]) if row else 0, max(MIGRATIONS))
 
     async def lookup_token(self, token_hash: str) -> TokenInfo | None:
         with _available():
