@@ -544,12 +544,17 @@ async def test_a_batch_cancelled_anywhere_leaves_rollups_matching_its_events(dat
     try:
         await store.add_token("0" * 64, "pole", "pole-1", None)
         total = 0
-        for steps in range(30):
+        # Cancelled after n turns of the loop, then (the statements run on the connection's thread)
+        # after n fractions of a millisecond, so that cancellations also land while a statement runs.
+        for steps in range(60):
             at = BASE + 60 * steps
             events = [WireEvent.model_validate(e) for e in (ev(at), speed(at + 1, 50, False))]
             task = asyncio.ensure_future(store.insert_batch("pole-1", "b", events, None, time.time()))
-            for _ in range(steps):
-                await asyncio.sleep(0)
+            if steps < 30:
+                for _ in range(steps):
+                    await asyncio.sleep(0)
+            else:
+                await asyncio.sleep((steps - 30) * 0.0002)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await store.insert_batch("pole-1", "b", events, None, time.time())

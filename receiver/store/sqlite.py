@@ -555,11 +555,13 @@ class SqliteStore:
                 fresh = [e for e in fresh if e.id not in refused]
                 kept = [e for e in events if e.id not in refused]
                 touched = (now, now, batch_id, max((e.seq for e in kept), default=0), len(fresh))
+                # Fetched in the same call as the UPDATE runs: a cursor left open on a write (a task
+                # cancelled between execute and fetch) would refuse every later SAVEPOINT on this connection.
                 if status is None:
-                    cur = await db.execute(_TOUCH_POLE, (*touched, pole_id))
+                    touched_rows = await db.execute_fetchall(_TOUCH_POLE, (*touched, pole_id))
                 else:
                     figures = StatusFigures.of(status)
-                    cur = await db.execute(
+                    touched_rows = await db.execute_fetchall(
                         _TOUCH_POLE_WITH_STATUS,
                         (
                             *touched,
@@ -572,8 +574,7 @@ class SqliteStore:
                             pole_id,
                         ),
                     )
-                target = await cur.fetchone()
-                await cur.close()
+                target = next(iter(touched_rows), None)
                 shas = sorted({sha for e in kept for sha in e.media})
                 have: set[str] = set()
                 if shas:
