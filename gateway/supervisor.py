@@ -52,7 +52,7 @@ class Supervisor:
         while True:
             retrying = AsyncRetrying(
                 retry=retry_if_exception(_restartable),
-                wait=wait_exponential_jitter(initial=self.backoff_initial_s, max=self.backoff_max_s),
+                wait=wait_exponential_jitter(multiplier=self.backoff_initial_s, max=self.backoff_max_s),
                 before_sleep=lambda rs: self._crashed(state, rs),
                 reraise=True,
             )
