@@ -67,7 +67,7 @@ from receiver.store.base import (
     token_id_of,
 )
 from receiver.store.partitions import MAINTENANCE_LOCK, MIGRATION_DAYS_BACK, Maintainer, release_media
-from receiver.store.rollups import Rollups, rollups_of, shard_of
+from receiver.store.rollups import Rollups, rollups_of
 from sync.overlays import overlay_version
 from sync.protocol import Rejection, WireEvent
 
@@ -455,20 +455,7 @@ _ROLLUP_UPSERTS = {
 async def _add_rollups(conn: asyncpg.Connection, pole_id: str, rollups: Rollups) -> None:
     if not rollups:
         return
-    hourly, daily = rollups.hourly_rows(), rollups.daily_rows()
-    shard = shard_of(pole_id)
-    per_table: list[tuple[str, Any, list[tuple[Any, ...]]]] = [
-        ("pole_hourly", pole_id, hourly),
-        ("pole_daily", pole_id, daily),
-        ("pole_hourly_total", pole_id, rollups.hourly_total_rows()),
-        ("pole_daily_total", pole_id, rollups.daily_total_rows()),
-        ("traffic", pole_id, rollups.traffic_rows()),
-        ("air", pole_id, rollups.air_rows()),
-        ("speed", pole_id, rollups.speed_rows()),
-        ("fleet_hourly", shard, hourly),
-        ("fleet_daily", shard, daily),
-    ]
-    for table, first, rows in per_table:
+    for table, first, rows in rollups.by_table(pole_id):
         if rows:
             await conn.execute(_ROLLUP_UPSERTS[table], first, *(list(c) for c in zip(*rows, strict=True)))
 

@@ -163,6 +163,22 @@ class Rollups:
     def speed_rows(self) -> list[tuple[int, int, int, int]]:
         return sorted((hour, bucket, s[0], s[1]) for (hour, bucket), s in self.speed.items())
 
+    def by_table(self, pole_id: str) -> list[tuple[str, str | int, list[tuple[Any, ...]]]]:
+        """What each rollup table gets, for both backends: (table, the key column that leads each row,
+        which is the pole or, for the fleet tables, its shard; the sorted rows after it)."""
+        hourly, daily, shard = self.hourly_rows(), self.daily_rows(), shard_of(pole_id)
+        return [
+            ("pole_hourly", pole_id, hourly),
+            ("pole_daily", pole_id, daily),
+            ("pole_hourly_total", pole_id, self.hourly_total_rows()),
+            ("pole_daily_total", pole_id, self.daily_total_rows()),
+            ("traffic", pole_id, self.traffic_rows()),
+            ("air", pole_id, self.air_rows()),
+            ("speed", pole_id, self.speed_rows()),
+            ("fleet_hourly", shard, hourly),
+            ("fleet_daily", shard, daily),
+        ]
+
 
 def _totals(counts: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     out: dict[int, int] = {}
