@@ -13,8 +13,8 @@ import functools
 import math
 import re
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from aiohttp import web
 from multidict import MultiMapping
@@ -23,11 +23,13 @@ from httpkit.errors import json_error, json_response
 from receiver.auth import READERS, authenticate
 from receiver.context import Context
 from receiver.events import BadParameter
-from receiver.store.analytics import BY_VALUES, CountsQuery, Window
+from receiver.store.analytics import BY_VALUES, AirRow, CountsQuery, SpeedRow, TrafficRow, Window
 from receiver.store.base import TAG_PATTERN
 from receiver.store.rollups import DAY, HOUR, hour_of
 from sync import limits
 from sync.protocol import EVENT_TYPE_PATTERN, POLE_ID_PATTERN
+
+_Row = TypeVar("_Row", TrafficRow, AirRow, SpeedRow)
 
 _POLE_ID = re.compile(POLE_ID_PATTERN)
 _EVENT_TYPE = re.compile(EVENT_TYPE_PATTERN)
@@ -180,66 +182,62 @@ class Analytics:
             return json_error(400, str(exc))
 
     async def traffic(self, request: web.Request) -> web.Response:
-        window = await self._window(request)
-        if isinstance(window, web.Response):
-            return window
-        rows = await self.ctx.store.analytics_traffic(window, self.ctx.config.analytics_max_rows + 1)
-        too_many = self._too_many(rows)
-        if too_many is not None:
-            return too_many
-        body = [
-            {
-                "hour": iso(r.hour),
-                "pole_id": r.pole_id,
-                "line": r.line,
-                "direction": r.direction,
-                "class": r.class_,
-                "count": r.count,
-            }
-            for r in rows
-        ]
-        return json_response({**_range_body(window), "rows": body})
+        return await self._hourly(request, self.ctx.store.analytics_traffic, _traffic_row)
 
     async def air(self, request: web.Request) -> web.Response:
-        window = await self._window(request)
-        if isinstance(window, web.Response):
-            return window
-        rows = await self.ctx.store.analytics_air(window, self.ctx.config.analytics_max_rows + 1)
-        too_many = self._too_many(rows)
-        if too_many is not None:
-            return too_many
-        body = [
-            {
-                "hour": iso(r.hour),
-                "pole_id": r.pole_id,
-                "pm25_mean": round(r.pm25_mean, 2),
-                "pm25_max": r.pm25_max,
-                "pm10_mean": round(r.pm10_mean, 2),
-                "pm10_max": r.pm10_max,
-                "samples": r.samples,
-            }
-            for r in rows
-        ]
-        return json_response({**_range_body(window), "rows": body})
+        return await self._hourly(request, self.ctx.store.analytics_air, _air_row)
 
     async def speed(self, request: web.Request) -> web.Response:
+        return await self._hourly(request, self.ctx.store.analytics_speed, _speed_row)
+
+    async def _hourly(
+        self,
+        request: web.Request,
+        fetch: Callable[[Window, int], Awaitable[Sequence[_Row]]],
+        render: Callable[[_Row], dict[str, Any]],
+    ) -> web.Response:
+        """The per pole and hour answers: a window, at most ``analytics_max_rows`` rows (one more is
+        fetched to tell a full answer from a cut one), each row rendered as JSON."""
         window = await self._window(request)
         if isinstance(window, web.Response):
             return window
-        rows = await self.ctx.store.analytics_speed(window, self.ctx.config.analytics_max_rows + 1)
-        too_many = self._too_many(rows)
+        rows = await fetch(window, self.ctx.config.analytics_max_rows + 1)
+        too_many = self._too_many(list(rows))
         if too_many is not None:
             return too_many
-        body = [
-            {
-                "hour": iso(r.hour),
-                "pole_id": r.pole_id,
-                "count": r.count,
-                "p50": r.p50,
-                "p85": r.p85,
-                "max": r.max,
-                "violations": r.violations,
-            }
-            for r in rows
-        ]
-        return json_response({**_range_body(window), "rows": body})
+        return json_response({**_range_body(window), "rows": [render(r) for r in rows]})
+
+
+def _traffic_row(r: TrafficRow) -> dict[str, Any]:
+    return {
+        "hour": iso(r.hour),
+        "pole_id": r.pole_id,
+        "line": r.line,
+        "direction": r.direction,
+        "class": r.class_,
+        "count": r.count,
+    }
+
+
+def _air_row(r: AirRow) -> dict[str, Any]:
+    return {
+        "hour": iso(r.hour),
+        "pole_id": r.pole_id,
+        "pm25_mean": round(r.pm25_mean, 2),
+        "pm25_max": r.pm25_max,
+        "pm10_mean": round(r.pm10_mean, 2),
+        "pm10_max": r.pm10_max,
+        "samples": r.samples,
+    }
+
+
+def _speed_row(r: SpeedRow) -> dict[str, Any]:
+    return {
+        "hour": iso(r.hour),
+        "pole_id": r.pole_id,
+        "count": r.count,
+        "p50": r.p50,
+        "p85": r.p85,
+        "max": r.max,
+        "violations": r.violations,
+    }
