@@ -144,6 +144,21 @@ class Poles:
         auth = await authenticate(request, self.ctx.store, *roles, use=self.ctx.token_use)
         return auth if isinstance(auth, web.Response) else None
 
+    async def _known_pole(
+        self, request: web.Request, roles: tuple[str, ...], hint: str = ""
+    ) -> PoleState | web.Response:
+        """The registered pole the path names, for a caller of one of ``roles``; else the answer to give."""
+        if (refused := await self._auth(request, roles)) is not None:
+            return refused
+        try:
+            pole_id = pole_id_of(request)
+        except BadRequest as exc:
+            return json_error(exc.status, str(exc))
+        pole = await self.ctx.store.get_pole(pole_id)
+        if pole is None:
+            return json_error(404, f"no pole {pole_id!r}{hint}")
+        return pole
+
     async def list(self, request: web.Request) -> web.Response:
         if (refused := await self._auth(request, READERS)) is not None:
             return refused
@@ -155,16 +170,8 @@ class Poles:
         return json_response({"poles": [self.view(p) for p in page.poles], "next_cursor": page.next_cursor})
 
     async def get(self, request: web.Request) -> web.Response:
-        if (refused := await self._auth(request, READERS)) is not None:
-            return refused
-        try:
-            pole_id = pole_id_of(request)
-        except BadRequest as exc:
-            return json_error(exc.status, str(exc))
-        pole = await self.ctx.store.get_pole(pole_id)
-        if pole is None:
-            return json_error(404, f"no pole {pole_id!r}")
-        return json_response(self.view(pole))
+        pole = await self._known_pole(request, READERS)
+        return pole if isinstance(pole, web.Response) else json_response(self.view(pole))
 
     async def create(self, request: web.Request) -> web.Response:
         if (refused := await self._auth(request, ADMINS)) is not None:
@@ -204,15 +211,10 @@ class Poles:
         return json_response(self.view(pole))
 
     async def revoke(self, request: web.Request) -> web.Response:
-        if (refused := await self._auth(request, ADMINS)) is not None:
-            return refused
-        try:
-            pole_id = pole_id_of(request)
-        except BadRequest as exc:
-            return json_error(exc.status, str(exc))
-        store = self.ctx.store
-        if await store.get_pole(pole_id) is None:
-            return json_error(404, f"no pole {pole_id!r}")
+        known = await self._known_pole(request, ADMINS)
+        if isinstance(known, web.Response):
+            return known
+        store, pole_id = self.ctx.store, known.pole_id
         revoked = await store.revoke_pole(pole_id)
         self.ctx.pole_tokens.forget()  # at once in this process; the others within token_cache_s
         pole = await store.get_pole(pole_id)
@@ -221,15 +223,10 @@ class Poles:
 
     async def add_token(self, request: web.Request) -> web.Response:
         """Another token for a registered pole (a revoked pole becomes active again)."""
-        if (refused := await self._auth(request, ADMINS)) is not None:
-            return refused
-        try:
-            pole_id = pole_id_of(request)
-        except BadRequest as exc:
-            return json_error(exc.status, str(exc))
-        store = self.ctx.store
-        if await store.get_pole(pole_id) is None:
-            return json_error(404, f"no pole {pole_id!r}; register it with POST /v1/poles")
+        known = await self._known_pole(request, ADMINS, "; register it with POST /v1/poles")
+        if isinstance(known, web.Response):
+            return known
+        store, pole_id = self.ctx.store, known.pole_id
         token = new_token()
         await store.add_token(token_hash(token), "pole", pole_id, None)
         return json_response({"pole_id": pole_id, "token": token, "token_id": token_id_of(token_hash(token))}, 201)
