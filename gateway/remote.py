@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +41,7 @@ from gateway.remote_config import (
     overlay_version,
     validate_overlay,
 )
-from sync.files import private_dir
+from sync.files import write_atomically
 from sync.uplink.base import UplinkConfig
 
 log = structlog.get_logger("remote_config")
@@ -87,23 +85,10 @@ def read_overlay(path: Path) -> tuple[dict[str, Any], str] | None:
 
 
 def write_overlay(path: Path, overlay: Mapping[str, Any], version: str) -> None:
-    """Write, fsync and rename, so a crash leaves the old file or the new one; ``0600`` (mkstemp's mode)."""
-    private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".remote-config-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(orjson.dumps({"version": version, "overlay": overlay}, option=orjson.OPT_INDENT_2))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Written atomically (a crash leaves the old file or the new one), ``0600``."""
+    write_atomically(
+        path, orjson.dumps({"version": version, "overlay": overlay}, option=orjson.OPT_INDENT_2), ".remote-config-"
+    )
 
 
 def _problems(exc: ConfigError | OverlayError) -> str:

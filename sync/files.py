@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 DIR_MODE = 0o700
@@ -42,3 +43,26 @@ def private_file(path: Path) -> Path:
         with contextlib.suppress(FileNotFoundError, PermissionError):
             os.chmod(f"{path}{suffix}", FILE_MODE)
     return path
+
+
+def write_atomically(path: Path, data: bytes, prefix: str = ".incoming-") -> None:
+    """Write ``data`` to ``path`` so that a crash or power cut leaves the old file or the whole new
+    one: a temporary file beside it (``0600``, mkstemp's mode) written and fsynced, renamed over
+    ``path``, then the directory fsynced so the rename itself is durable. The directory is made
+    ``0700`` if missing."""
+    private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

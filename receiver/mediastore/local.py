@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from receiver.mediastore.base import KINDS, MediaUnavailable, StoredMedia
-from sync.files import private_dir
+from sync.files import private_dir, write_atomically
 
 _CHUNK = 256 * 1024
 
@@ -37,7 +35,7 @@ class LocalMediaStore:
 
     async def put(self, sha256: str, kind: str, data: bytes) -> None:
         try:
-            await asyncio.to_thread(_write_atomically, self.path(sha256, kind), data)
+            await asyncio.to_thread(write_atomically, self.path(sha256, kind), data)
         except OSError as exc:
             raise MediaUnavailable(f"cannot write media: {exc.strerror or exc}") from exc
 
@@ -60,19 +58,3 @@ async def _read_chunks(path: Path) -> AsyncIterator[bytes]:
     with path.open("rb") as f:
         while chunk := await asyncio.to_thread(f.read, _CHUNK):
             yield chunk
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write, fsync and rename, so a crash never leaves a partial file under its hash.
-    Directories are made 0700 and files 0600 (mkstemp's mode), whatever the umask."""
-    private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
