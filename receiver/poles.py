@@ -133,6 +133,14 @@ async def register(ctx: Context, new: NewPole) -> tuple[PoleState, str] | None:
     return pole, token
 
 
+async def revoke_pole(ctx: Context, pole_id: str) -> int:
+    """Revoke every token of ``pole_id`` (its history stays); how many were still valid. This
+    process's token cache forgets them at once; other receivers' within ``token_cache_s``."""
+    revoked = await ctx.store.revoke_pole(pole_id)
+    ctx.pole_tokens.forget()
+    return revoked
+
+
 class Poles:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -215,8 +223,7 @@ class Poles:
         if isinstance(known, web.Response):
             return known
         store, pole_id = self.ctx.store, known.pole_id
-        revoked = await store.revoke_pole(pole_id)
-        self.ctx.pole_tokens.forget()  # at once in this process; the others within token_cache_s
+        revoked = await revoke_pole(self.ctx, pole_id)
         pole = await store.get_pole(pole_id)
         assert pole is not None
         return json_response({"pole": self.view(pole), "tokens_revoked": revoked})

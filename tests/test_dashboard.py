@@ -453,3 +453,16 @@ async def test_the_map_draws_every_pole_the_filters_leave(rx: RunningReceiver) -
         assert html.count('<circle class="pole') == 3 and "1 pole(s) without a location" in html
         _, html = await page(s, rx.url + "/?online=true")
         assert "<circle" not in html, "no pole is online"
+
+
+async def test_a_pole_revoked_on_the_dashboard_is_refused_at_once(rx: RunningReceiver) -> None:
+    """The receiver keeps pole tokens it looked up for a few seconds; a revocation made here must
+    not wait for that (as one made through the API does not)."""
+    pole_token = await rx.add_pole("p-revoked")
+    assert (await post(rx.url, batch("p-revoked", [event(1)]), pole_token))[0] == 200  # now cached
+    async with browser_session() as s:
+        await log_in(s, rx.url, "ops", ADMIN_PASSWORD)
+        _, html = await page(s, rx.url + "/")
+        status, _, _ = await form(s, rx.url + "/poles/p-revoked/revoke", {}, csrf_of(html))
+        assert status == 303
+    assert (await post(rx.url, batch("p-revoked", [event(2)]), pole_token))[0] == 401

@@ -23,7 +23,7 @@ from receiver.dashboard.pole import PolePage
 from receiver.dashboard.render import Renderer, redirect, viewer_of
 from receiver.dashboard.tag import TagPage
 from receiver.documents import BadRequest, parse_model, pole_id_of, tag_of
-from receiver.poles import NewPole, register
+from receiver.poles import NewPole, register, revoke_pole
 from receiver.remote import validate
 from receiver.store.base import Scope
 from sync.overlays import OverlayError, overlay_version
@@ -104,7 +104,7 @@ class AdminForms:
             return self.render.error(request, exc.status, str(exc))
         if await self.ctx.store.get_pole(pole_id) is None:
             return self.render.error(request, 404, f"No pole {pole_id!r}.")
-        await self.ctx.store.revoke_pole(pole_id)
+        await revoke_pole(self.ctx, pole_id)
         return redirect(f"/poles/{pole_id}")
 
     async def configure(self, request: web.Request) -> web.Response:
