@@ -9,6 +9,7 @@ pole sending it again is asked to upload it), then deleted from the media store.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +48,7 @@ class MaintenanceSummary:
     seconds: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return dataclasses.asdict(self)
 
 
 async def run_maintenance(
