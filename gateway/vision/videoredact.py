@@ -49,6 +49,7 @@ Source = tuple[str, int]  # ("tile", index), ("whole", 0), ("head", track id), (
 _WHOLE: Source = ("whole", 0)
 _HEAD_SHARE = 0.3  # top of a person box that holds the head, standing or sitting
 _MAX_GROWTH = 3.0  # a carried face grows at most this many face heights on each side
+_FACE_ASPECT = 1.3  # a face's height over its width, about
 # Sides of the squares a moving blob is enlarged into for the face model: the smallest that enlarges it
 # ``upscale`` times; blobs too large for the last are left to the tiles and the person tracks.
 _MOTION_CROPS_PX = (128, 256)
@@ -386,9 +387,12 @@ class VideoRedactor:
             track = frame.tracks.get(s.track) if s.track is not None else None
             if track is not None and s.rel is not None:
                 found.append((s.kind, clip(_absolute(s.rel, track.box), width, height), s.score))
-                continue
+                if s.kind == "plate":
+                    continue
+                # Also where it was, grown: a track's predicted box can be a few pixels off its person.
             grow = min(_MAX_GROWTH, c.face_speed * abs(frame.t - s.t)) if s.kind == "face" else 0.0
-            h = s.box[3] - s.box[1]
+            # Grown by the whole face's height: a box found shorter than a face is tall for its width is part of one.
+            h = max(s.box[3] - s.box[1], _FACE_ASPECT * (s.box[2] - s.box[0]))
             g = (s.box[0] - grow * h, s.box[1] - grow * h, s.box[2] + grow * h, s.box[3] + grow * h)
             found.append((s.kind, clip(g, width, height), s.score))
         heads = [expand(self._head(tr.box), c.head_margin, width, height) for tr in frame.tracks.values() if tr.person]
