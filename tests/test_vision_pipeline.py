@@ -240,7 +240,7 @@ async def test_stats_describe_the_models_stages_and_camera() -> None:
     pipeline, sink = await run_stills([BUS], PlatePolicy())
     stats = pipeline.stats()
     assert stats.frames_processed == 1 and stats.detection_passes == 1
-    assert {"nanodet", "centerface", "ppocr_det", "ppocr_rec"} <= set(stats.models_loaded)
+    assert {"nanodet_int8", "centerface_int8", "ppocr_det", "ppocr_rec"} <= set(stats.models_loaded)
     assert any(m.startswith("tesseract 5") for m in stats.models_loaded)
     assert {m.name for m in stats.models if m.inferences} >= {"nanodet", "centerface", "ppocr_det"}
     assert {"detect", "track", "plates", "redact", "encode", "commit"} <= set(stats.stage_ms)

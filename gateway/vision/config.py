@@ -46,6 +46,11 @@ class InferenceConfig(Strict):
     workers: int = Field(
         1, ge=1, le=8, description="Threads that run inference for all cameras (one is right for up to 4 cores)."
     )
+    precision: Literal["int8", "fp32"] = Field(
+        "int8",
+        description="'int8' runs the quantised NanoDet and CenterFace (about 0.6x the time of 'fp32' on a CPU with "
+        "int8 dot products, the same recall on the labelled privacy set); 'fp32' the float originals.",
+    )
     models_dir: Path | None = Field(
         None, description="Directory of the model files; unset: the weights shipped with SmartPole."
     )

@@ -73,8 +73,9 @@ def load_parts(config: VisionConfig, on_inference: InferenceCallback | None = No
         )
     registry = ModelRegistry(config.inference.models_dir)
     threads = config.inference.threads
+    suffix = "_int8" if config.inference.precision == "int8" else ""
     detector = NanoDetDetector(
-        registry.verified_path("nanodet"),
+        registry.verified_path("nanodet" + suffix),
         threads,
         threshold=config.detection.threshold,
         nms_iou=config.detection.nms_iou,
@@ -87,7 +88,7 @@ def load_parts(config: VisionConfig, on_inference: InferenceCallback | None = No
     finder: PlateFinder | None = None
     try:
         faces = CenterFaceDetector(
-            registry.verified_path("centerface"),
+            registry.verified_path("centerface" + suffix),
             threads,
             max_side=config.redaction.face_max_side,
             on_inference=on_inference,
