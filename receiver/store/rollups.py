@@ -192,3 +192,25 @@ def rollups_of(events: Iterable[WireEvent]) -> Rollups:
     for event in events:
         out.add(event)
     return out
+
+
+_EXTRA_TYPES = frozenset((COUNT_TYPE, AIR_TYPE, SPEED_TYPE))
+
+
+def rollup_rows(event: WireEvent) -> dict[str, list[dict[str, Any]]] | None:
+    """What ``event`` adds to the traffic, air and speed rollups, by these rules, as rows for SQL to sum
+    (PostgreSQL's one-statement ingest); None for the other types, which add only to the counts."""
+    if event.type not in _EXTRA_TYPES:
+        return None
+    one = Rollups()
+    one.add(event)
+    return {
+        "traffic": [
+            {"hour": h, "line": line, "direction": d, "class": c, "n": n} for h, line, d, c, n in one.traffic_rows()
+        ],
+        "air": [
+            {"hour": h, "pm25_sum": a, "pm25_max": b, "pm10_sum": c, "pm10_max": d, "samples": w}
+            for h, a, b, c, d, w in one.air_rows()
+        ],
+        "speed": [{"hour": h, "bucket": b, "n": n, "over_limit": o} for h, b, n, o in one.speed_rows()],
+    }
