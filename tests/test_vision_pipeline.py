@@ -39,7 +39,7 @@ from hal.camera.opencv import OpenCVCamera
 from hal.camera.stills import StillImages
 from models.detection import Detection
 from sync.events import Priority
-from tests.helpers.vision import BUS, CLIP, ListSink, real_parts
+from tests.helpers.vision import BUS, CLIP, ListSink, moving_faces, real_parts
 
 SECRET = "a-deployment-secret-of-some-length"
 
@@ -74,6 +74,19 @@ def test_the_motion_gate_finds_where_something_moves() -> None:
     x1, y1, x2, y2 = result.region
     assert x1 <= 400 and y1 <= 300 and x2 >= 440 and y2 >= 400
     assert (x2 - x1) * (y2 - y1) < 0.4 * 640 * 480
+
+
+def test_a_10_px_face_moving_across_640x480_is_a_blob_where_it_is() -> None:
+    """At 160 px wide the face is under 3 px: the opening that cleans the motion mask would erase it."""
+    gate = MotionGate(MotionConfig())
+    video, boxes = moving_faces([10], 12)
+    found = []
+    for i, (frame, (face,)) in enumerate(zip(video, boxes, strict=True)):
+        blobs = gate.update(small_grey(frame, 160), 640, 480).blobs
+        if i >= 2:
+            cx, cy = (face[0] + face[2]) / 2, (face[1] + face[3]) / 2
+            found.append(any(b[0] <= cx <= b[2] and b[1] <= cy <= b[3] for b in blobs))
+    assert sum(found) >= 0.8 * len(found), found
 
 
 # ---------------------------------------------------------------- tracker
