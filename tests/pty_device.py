@@ -41,6 +41,21 @@ class PtyDevice:
         while view:
             view = view[os.write(self._master, view) :]
 
+    def offer(self, data: bytes) -> int:
+        """Write what the pty takes now, without waiting (nobody may be reading it); the bytes written.
+
+        A blocking write to a full pty never returns, not even when another thread unplugs it.
+        """
+        fd = self._master  # unplug may close it meanwhile: then this raises OSError
+        assert fd is not None
+        os.set_blocking(fd, False)
+        try:
+            return os.write(fd, data)
+        except BlockingIOError:
+            return 0
+        finally:
+            os.set_blocking(fd, True)
+
     def close(self) -> None:
         if self._master is not None:
             self.unplug()
