@@ -491,21 +491,23 @@ WITH e AS (
     UPDATE poles SET last_seen = $2, first_seen = coalesce(first_seen, $2), last_batch_id = $3,
         max_seq = greatest(max_seq, $5), events_total = events_total + (SELECT count(*) FROM new){status}
     WHERE pole_id = $1 RETURNING config_target
+), hourly AS (
+    SELECT h, y, count(*) AS c FROM n GROUP BY h, y
 ), pole_hourly AS (
     INSERT INTO rollup_pole_hourly (pole_id, hour, type, n)
-    SELECT $1, h, y, count(*) FROM n GROUP BY h, y ORDER BY h, y
+    SELECT $1, h, y, c FROM hourly ORDER BY h, y
     ON CONFLICT (pole_id, hour, type) DO UPDATE SET n = rollup_pole_hourly.n + excluded.n
 ), pole_daily AS (
     INSERT INTO rollup_pole_daily (pole_id, day, type, n)
-    SELECT $1, h - h % 86400, y, count(*) FROM n GROUP BY 2, 3 ORDER BY 2, 3
+    SELECT $1, h - h % 86400, y, sum(c)::bigint FROM hourly GROUP BY 2, 3 ORDER BY 2, 3
     ON CONFLICT (pole_id, day, type) DO UPDATE SET n = rollup_pole_daily.n + excluded.n
 ), pole_hourly_total AS (
     INSERT INTO rollup_pole_hourly_total (pole_id, hour, n)
-    SELECT $1, h, count(*) FROM n GROUP BY h ORDER BY h
+    SELECT $1, h, sum(c)::bigint FROM hourly GROUP BY h ORDER BY h
     ON CONFLICT (pole_id, hour) DO UPDATE SET n = rollup_pole_hourly_total.n + excluded.n
 ), pole_daily_total AS (
     INSERT INTO rollup_pole_daily_total (pole_id, day, n)
-    SELECT $1, h - h % 86400, count(*) FROM n GROUP BY 2 ORDER BY 2
+    SELECT $1, h - h % 86400, sum(c)::bigint FROM hourly GROUP BY 2 ORDER BY 2
     ON CONFLICT (pole_id, day) DO UPDATE SET n = rollup_pole_daily_total.n + excluded.n
 ), traffic AS (
     INSERT INTO rollup_traffic (pole_id, hour, line, direction, class, n)
@@ -534,11 +536,11 @@ WITH e AS (
         over_limit = rollup_speed.over_limit + excluded.over_limit
 ), fleet_hourly AS (
     INSERT INTO rollup_fleet_hourly (hour, type, shard, n)
-    SELECT h, y, $7::smallint, count(*) FROM n GROUP BY h, y ORDER BY h, y
+    SELECT h, y, $7::smallint, c FROM hourly ORDER BY h, y
     ON CONFLICT (hour, type, shard) DO UPDATE SET n = rollup_fleet_hourly.n + excluded.n
 ), fleet_daily AS (
     INSERT INTO rollup_fleet_daily (day, type, shard, n)
-    SELECT h - h % 86400, y, $7::smallint, count(*) FROM n GROUP BY 1, 2 ORDER BY 1, 2
+    SELECT h - h % 86400, y, $7::smallint, sum(c)::bigint FROM hourly GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT (day, type, shard) DO UPDATE SET n = rollup_fleet_daily.n + excluded.n
 )
 SELECT array(SELECT event_id::text FROM new), (SELECT config_target FROM pole),
