@@ -541,16 +541,24 @@ class Outbox:
 
     async def _open(self) -> None:
         try:
-            await self._connect()
-        except sqlite3.DatabaseError as exc:
-            if not _is_corrupt(exc):
-                await self._close_quietly()
-                raise
-            salvaged_seq = await self._close_quietly()
-            aside = self._move_aside()
-            self.recovered_from = aside
-            log.error("outbox_corrupt_moved_aside", path=str(self.path), moved_to=str(aside), error=str(exc))
-            await self._connect(seed_seq=salvaged_seq)
+            try:
+                await self._connect()
+            except sqlite3.DatabaseError as exc:
+                if not _is_corrupt(exc):
+                    raise
+                salvaged_seq = await self._close_quietly()
+                aside = self._move_aside()
+                self.recovered_from = aside
+                log.error("outbox_corrupt_moved_aside", path=str(self.path), moved_to=str(aside), error=str(exc))
+                await self._connect(seed_seq=salvaged_seq)
+        except BaseException:
+            # A refused file (a newer schema, a database error) leaves no connection thread behind.
+            await self._close_quietly()
+            if self._reader is not None:
+                with contextlib.suppress(Exception):
+                    await self._reader.close()
+                self._reader = None
+            raise
         self._writer = asyncio.create_task(self._write_loop(), name="outbox-writer")
         self._expirer = asyncio.create_task(self._expire_loop(), name="outbox-expiry")
 

@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -529,8 +530,19 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION + 1,))
     con.commit()
     con.close()
-    with pytest.raises(OutboxError, match="newer than this software"):
+    before = _connection_threads()
+    with pytest.raises(OutboxError, match="newer than this software") as refused:
         await Outbox.open(tmp_path / "o.db", now())
+    # While the error is held (its traceback keeps the half-opened outbox alive, as a caller's log may),
+    # the connection must already be closed: its thread ends just after close() returns.
+    deadline = time.monotonic() + 2
+    while _connection_threads() > before and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert _connection_threads() <= before, f"the refused open left its connection open: {refused.value}"
+
+
+def _connection_threads() -> int:
+    return sum(t.is_alive() and "_connection_worker_thread" in t.name for t in threading.enumerate())
 
 
 # ---------------------------------------------------------------------- bytes written
