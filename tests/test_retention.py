@@ -552,6 +552,45 @@ async def test_postgres_ingest_goes_on_while_maintenance_creates_drops_and_trims
             await upkeep.close()
 
 
+async def lock_waiters(conn: asyncpg.Connection) -> int:
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+    )
+
+
+async def test_postgres_a_batch_for_a_partition_being_made_is_stored_in_it() -> None:
+    """An insert that starts while a partition for its event's day is being made waits for it and lands in it,
+    instead of being routed to the default by the partitions it saw first and failing the default's new bound."""
+    async with pg_schema() as url:
+        ingest, upkeep = await open_store(url, 2), await open_store(url, 2)
+        holder = await asyncpg.connect(url)
+        try:
+            await upkeep.maintain(RetentionRules(), PartitionLayout(days=1, ahead_days=1), NOW)
+            tomorrow_but_one = wire(NOW + 2 * DAY_S, "count")  # no partition yet: the run below makes it
+            holding = holder.transaction()
+            await holding.start()
+            # Holds the run at its first lock (as a vacuum of events would) while the batch starts.
+            await holder.execute("LOCK TABLE events IN SHARE UPDATE EXCLUSIVE MODE")
+            run = asyncio.create_task(upkeep.maintain(RetentionRules(), PartitionLayout(days=1, ahead_days=3), NOW))
+            while await lock_waiters(holder) < 1:
+                await asyncio.sleep(0.02)
+            batch = asyncio.create_task(put(ingest, [tomorrow_but_one]))
+            while not batch.done() and await lock_waiters(holder) < 2:
+                await asyncio.sleep(0.02)
+            await holding.commit()
+            report = await asyncio.wait_for(run, 10)
+            assert await asyncio.wait_for(batch, 10) == [tomorrow_but_one.id]
+            assert report.partitions_created == 2 and report.deferred == 0
+            where = await holder.fetchval("SELECT tableoid::regclass::text FROM events")
+            assert where == f"events_p{_day(NOW + 2 * DAY_S)}"
+        finally:
+            await holder.close()
+            await ingest.close()
+            await upkeep.close()
+
+
 def test_maintain_command_without_its_database_fails_clearly(
     tmp_path: Path, smartpole_cmd: list[str], child_env: dict[str, str]
 ) -> None:

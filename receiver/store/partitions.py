@@ -13,9 +13,10 @@ into ``events``, so replicas racing on one replay cannot both store it. A key li
 as its event: both go in one statement, and retention deletes the keys of the events it removes.
 
 Maintenance (one process at a time, on an advisory lock) takes no lock that makes ingest wait for
-long: a partition is made as a plain table and attached (``SHARE UPDATE EXCLUSIVE`` on ``events``,
-ingest goes on); detaching one waits at most ``lock_timeout_s`` for its brief exclusive lock, else
-that step waits for the next run. Expired events go by
+long: a partition is made as a plain table and attached while ingest waits (``SHARE ROW EXCLUSIVE``
+on ``events``: readers go on; an insert that ran alongside an attach would route by the partitions it
+saw before and fail); making one or detaching one waits at most ``lock_timeout_s`` for its brief
+lock, else that step waits for the next run. Expired events go by
 
 - dropping a partition when every type in it is expired (all such partitions detached under one
   brief lock; then their keys deleted, from the detached tables, in chunks, and the tables dropped);
@@ -96,7 +97,9 @@ class Maintainer:
         try:
             async with self.conn.transaction():
                 await self.conn.execute(self._lock_timeout)
-                # First, so no row for the new range can reach the default while its rows move out.
+                # Inserts wait until the partition is attached: one that had already looked up the
+                # partitions would route a row of the new range to the default, then fail its new bound.
+                await self.conn.execute("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
                 await self.conn.execute("LOCK TABLE events_default IN ACCESS EXCLUSIVE MODE")
                 await self.conn.execute(f"CREATE TABLE {name} (LIKE events INCLUDING DEFAULTS)")
                 await self.conn.execute(
