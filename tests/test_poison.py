@@ -16,6 +16,7 @@ import orjson
 import pytest
 import uuid_utils
 
+from receiver.store.analytics import CountsQuery, Window
 from sync.events import NewEvent
 from sync.outbox import Outbox
 from sync.protocol import WireEvent, encode_batch
@@ -141,9 +142,15 @@ async def test_store_turns_a_data_error_into_a_rejection_of_that_event(receiver:
     assert sorted(e["id"] for e in await receiver.all_events()) == sorted(stored)
     (pole,) = await receiver.store.poles()
     assert pole.max_seq == 4 if nul.id in stored else pole.max_seq == 3, "a refused seq does not count"
-    # Replayed: the stored ones are duplicates, the others refused again, nothing raised.
+    assert pole.events_total == len(stored)
+    hour = int(time.time() // 3600 * 3600)
+    window = Window(hour - 3600, hour + 7200)  # the events' hour, whichever side of it the test ran
+    assert await receiver.store.analytics_counts(CountsQuery(window, "type")) == [("reading", len(stored))]
+    # Replayed: the stored ones are duplicates, the others refused again, nothing raised or counted twice.
     again = await receiver.store.insert_batch("pole-1", str(uuid_utils.uuid7()), events, None, time.time())
     assert again.duplicates == stored and {r.id for r in again.rejected} == refused
+    assert await receiver.store.analytics_counts(CountsQuery(window, "type")) == [("reading", len(stored))]
+    assert (await receiver.store.poles())[0].events_total == len(stored)
 
 
 @pytest.mark.parametrize("name, doc, field", UNSTORABLE, ids=[u[0] for u in UNSTORABLE])

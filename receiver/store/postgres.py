@@ -57,7 +57,6 @@ from receiver.store.base import (
     TokenInfo,
     TokenRecord,
     User,
-    event_row,
     layers_by_pole,
     pole_state,
     public_event,
@@ -67,7 +66,7 @@ from receiver.store.base import (
     token_id_of,
 )
 from receiver.store.partitions import MAINTENANCE_LOCK, MIGRATION_DAYS_BACK, Maintainer, release_media
-from receiver.store.rollups import Rollups, hour_of, rollup_rows, rollups_of, shard_of
+from receiver.store.rollups import hour_of, rollup_rows, shard_of
 from sync.overlays import overlay_version
 from sync.protocol import Rejection, WireEvent
 
@@ -380,102 +379,29 @@ MIGRATIONS: dict[int, list[str]] = {
 # tag's overlay and a pole's tags at once cannot leave the pole with a stale target version.
 _CONFIG_LOCK = 0x5350_0004
 
-# The pole's row, with a batch: last (and first) contact, and its status block when it has one.
-_TOUCH_POLE = (
-    "UPDATE poles SET last_seen = $2, first_seen = coalesce(first_seen, $2), last_batch_id = $3,"
-    " max_seq = greatest(max_seq, $4), events_total = events_total + $5 WHERE pole_id = $1 RETURNING config_target"
-)
-_TOUCH_POLE_WITH_STATUS = (
-    "UPDATE poles SET last_seen = $2, first_seen = coalesce(first_seen, $2), last_batch_id = $3,"
-    " max_seq = greatest(max_seq, $4), events_total = events_total + $5, status = $6::jsonb,"
-    " config_applied = $7, config_error = $8, backlog = $9, oldest_age_s = $10, clock_skew_s = $11"
-    " WHERE pole_id = $1 RETURNING config_target"
-)
-
 _TOKEN_COLUMNS = "token_id, role, pole_id, name, created_at, last_used_at, revoked_at"
 
-# The keys go first (one statement with the events): only those new to event_keys become events.
-_INSERT = """
-WITH e AS (
-    SELECT * FROM unnest($4::text[], $5::bigint[], $6::float8[], $7::text[], $8::text[], $9::float8[],
-                         $10::float8[], $11::text[], $12::text[], $13::text[])
-         AS e(event_id, seq, ts, type, priority, lat, lon, src, data, media)
-), fresh AS (
-    INSERT INTO event_keys (pole_id, event_id) SELECT $1, e.event_id::uuid FROM e
-    ON CONFLICT DO NOTHING
-    RETURNING event_id
-)
-INSERT INTO events (pole_id, event_id, seq, ts, type, priority, lat, lon, location_source,
-                    data, media, received_at, batch_id)
-SELECT $1, f.event_id, e.seq, e.ts, e.type, e.priority, e.lat, e.lon, e.src,
-       e.data::jsonb, e.media::jsonb, $2, $3
-FROM fresh f JOIN e ON e.event_id::uuid = f.event_id
-RETURNING event_id::text
-"""
-
-
-# The sums of a batch's new events (receiver/store/rollups.py), one row per bucket; each statement's
-# rows are sorted, so two batches lock the rows they share in the same order.
-_ROLLUP_UPSERTS = {
-    "pole_hourly": "INSERT INTO rollup_pole_hourly (pole_id, hour, type, n)"
-    " SELECT $1::text, * FROM unnest($2::bigint[], $3::text[], $4::bigint[])"
-    " ON CONFLICT (pole_id, hour, type) DO UPDATE SET n = rollup_pole_hourly.n + excluded.n",
-    "pole_daily": "INSERT INTO rollup_pole_daily (pole_id, day, type, n)"
-    " SELECT $1::text, * FROM unnest($2::bigint[], $3::text[], $4::bigint[])"
-    " ON CONFLICT (pole_id, day, type) DO UPDATE SET n = rollup_pole_daily.n + excluded.n",
-    "pole_hourly_total": "INSERT INTO rollup_pole_hourly_total (pole_id, hour, n)"
-    " SELECT $1::text, * FROM unnest($2::bigint[], $3::bigint[])"
-    " ON CONFLICT (pole_id, hour) DO UPDATE SET n = rollup_pole_hourly_total.n + excluded.n",
-    "pole_daily_total": "INSERT INTO rollup_pole_daily_total (pole_id, day, n)"
-    " SELECT $1::text, * FROM unnest($2::bigint[], $3::bigint[])"
-    " ON CONFLICT (pole_id, day) DO UPDATE SET n = rollup_pole_daily_total.n + excluded.n",
-    "traffic": "INSERT INTO rollup_traffic (pole_id, hour, line, direction, class, n)"
-    " SELECT $1::text, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[])"
-    " ON CONFLICT (pole_id, hour, line, direction, class) DO UPDATE SET n = rollup_traffic.n + excluded.n",
-    "air": "INSERT INTO rollup_air (pole_id, hour, pm25_sum, pm25_max, pm10_sum, pm10_max, samples)"
-    " SELECT $1::text, * FROM unnest($2::bigint[], $3::float8[], $4::float8[], $5::float8[], $6::float8[],"
-    " $7::bigint[])"
-    " ON CONFLICT (pole_id, hour) DO UPDATE SET pm25_sum = rollup_air.pm25_sum + excluded.pm25_sum,"
-    " pm25_max = greatest(rollup_air.pm25_max, excluded.pm25_max),"
-    " pm10_sum = rollup_air.pm10_sum + excluded.pm10_sum,"
-    " pm10_max = greatest(rollup_air.pm10_max, excluded.pm10_max), samples = rollup_air.samples + excluded.samples",
-    "speed": "INSERT INTO rollup_speed (pole_id, hour, bucket, n, over_limit)"
-    " SELECT $1::text, * FROM unnest($2::bigint[], $3::integer[], $4::bigint[], $5::bigint[])"
-    " ON CONFLICT (pole_id, hour, bucket) DO UPDATE SET n = rollup_speed.n + excluded.n,"
-    " over_limit = rollup_speed.over_limit + excluded.over_limit",
-    "fleet_hourly": "INSERT INTO rollup_fleet_hourly (hour, type, shard, n)"
-    " SELECT h, t, $1::smallint, c FROM unnest($2::bigint[], $3::text[], $4::bigint[]) AS u(h, t, c)"
-    " ON CONFLICT (hour, type, shard) DO UPDATE SET n = rollup_fleet_hourly.n + excluded.n",
-    "fleet_daily": "INSERT INTO rollup_fleet_daily (day, type, shard, n)"
-    " SELECT d, t, $1::smallint, c FROM unnest($2::bigint[], $3::text[], $4::bigint[]) AS u(d, t, c)"
-    " ON CONFLICT (day, type, shard) DO UPDATE SET n = rollup_fleet_daily.n + excluded.n",
-}
-
-
-async def _add_rollups(conn: asyncpg.Connection, pole_id: str, rollups: Rollups) -> None:
-    if not rollups:
-        return
-    for table, first, rows in rollups.by_table(pole_id):
-        if rows:
-            await conn.execute(_ROLLUP_UPSERTS[table], first, *(list(c) for c in zip(*rows, strict=True)))
-
-
 # A batch in one statement, which is its own transaction: its keys (only those new to event_keys
-# become events, see _INSERT), its new events, its pole's row (counting only the new ones), the
-# analytics rollups of the new ones and which of its media are stored. One round trip where a
-# transaction of separate statements took nine (BEGIN, the events, six rollup upserts, COMMIT).
-# The events go as one JSON document (``events_json``): one parameter to encode instead of ten
-# arrays. Each event carries its hour (``h``) and what it adds to the traffic, air and speed rollups
-# (``r``), both worked out by receiver/store/rollups.py, so the rules live in one place and SQL only
-# sums; every upsert takes its rows in key order, so concurrent batches lock shared rows (the fleet
-# rows) in one order. A data error in any event aborts the whole statement, and the batch is then
-# written event by event (``_insert_one_by_one``).
-_INSERT_AT_ONCE = """
+# become events, so replicas racing on one replay cannot both store it), its new events, its pole's
+# row (counting only the new ones), the analytics rollups of the new ones and which of its media are
+# stored. One round trip where a transaction of separate statements took nine (BEGIN, the events,
+# six rollup upserts, COMMIT). The events go as one JSON document (``events_json``): one parameter
+# to encode instead of ten arrays. Each event carries its hour (``h``) and what it adds to the
+# traffic, air and speed rollups (``r``), both worked out by receiver/store/rollups.py, so the rules
+# live in one place and SQL only sums; every upsert takes its rows in key order, so concurrent
+# batches lock shared rows (the fleet rows) in one order. A data error in any event aborts the whole
+# statement; the batch is then stored around the refused events (``_insert_around_refusals``) by
+# the same parts: the keys and events alone (``_STORE_EVENTS``), then the rest for the events stored
+# (``_COUNT_STORED``).
+_EVENTS = """
 WITH e AS (
     SELECT * FROM jsonb_to_recordset($4::text::jsonb)
          AS e(i uuid, s bigint, t float8, y text, p text, a float8, o float8, c text, d jsonb, m jsonb,
               h bigint, r jsonb)
-), fresh AS (
+)
+"""
+_NEW_EVENTS = """
+, fresh AS (
     INSERT INTO event_keys (pole_id, event_id) SELECT $1, e.i FROM e
     ON CONFLICT DO NOTHING
     RETURNING event_id
@@ -485,7 +411,14 @@ WITH e AS (
     SELECT $1, e.i, e.s, e.t, e.y, e.p, e.a, e.o, e.c, e.d, e.m, $2, $3
     FROM fresh f JOIN e ON e.i = f.event_id
     RETURNING event_id
-), n AS (
+)
+"""
+# Events stored by _STORE_EVENTS already: they are what the rest counts.
+_STORED_EVENTS = """
+, new AS (SELECT e.i AS event_id FROM e)
+"""
+_COUNTED = """
+, n AS (
     SELECT e.h, e.y, e.r FROM new JOIN e ON e.i = new.event_id
 ), pole AS (
     UPDATE poles SET last_seen = $2, first_seen = coalesce(first_seen, $2), last_batch_id = $3,
@@ -546,12 +479,23 @@ WITH e AS (
 SELECT array(SELECT event_id::text FROM new), (SELECT config_target FROM pole),
        array(SELECT sha256 FROM media WHERE sha256 = any($6::text[]))
 """
-_INSERT_AT_ONCE_WITH_STATUS = _INSERT_AT_ONCE.replace(
-    "{status}",
+_STATUS_SET = (
     ", status = $8::jsonb, config_applied = $9, config_error = $10, backlog = $11, oldest_age_s = $12,"
-    " clock_skew_s = $13",
+    " clock_skew_s = $13"
 )
-_INSERT_AT_ONCE = _INSERT_AT_ONCE.replace("{status}", "")
+
+
+def _counted(new: str) -> dict[bool, str]:
+    """The batch statement, counting the events ``new`` selects, without and with a status block."""
+    return {
+        with_status: _EVENTS + new + _COUNTED.replace("{status}", _STATUS_SET if with_status else "")
+        for with_status in (False, True)
+    }
+
+
+_INSERT_AT_ONCE = _counted(_NEW_EVENTS)
+_COUNT_STORED = _counted(_STORED_EVENTS)
+_STORE_EVENTS = _EVENTS + _NEW_EVENTS + "SELECT array(SELECT event_id::text FROM new)\n"
 
 
 def _walk_large_floats(value: Any) -> Any:
@@ -593,9 +537,7 @@ def jsonb_text(data: Any) -> str:
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for kind in ("json", "jsonb"):
-        await conn.set_type_codec(
-            kind, schema="pg_catalog", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads
-        )
+        await conn.set_type_codec(kind, schema="pg_catalog", encoder=jsonb_text, decoder=orjson.loads)
 
 
 async def _migrate(conn: asyncpg.Connection) -> None:
@@ -745,12 +687,13 @@ class PostgresStore:
             async with self._pool.acquire() as conn:
                 try:
                     # The common case: the batch and its rollups in one statement.
+                    max_seq = max((e.seq for e in events), default=0)
                     inserted, target, have = await self._insert_at_once(
-                        conn, pole_id, batch_id, now, events, shas, status
+                        conn, pole_id, batch_id, now, events, shas, status, max_seq
                     )
                     rejected: list[Rejection] = []
                 except _DATA_ERRORS:  # nothing was written: find the event(s) the database refuses
-                    inserted, target, have, rejected = await self._insert_one_by_one(
+                    inserted, target, have, rejected = await self._insert_around_refusals(
                         conn, pole_id, batch_id, now, events, status
                     )
         except _UNAVAILABLE as exc:
@@ -775,16 +718,16 @@ class PostgresStore:
         events: list[WireEvent],
         shas: list[str],
         status: dict[str, Any] | None,
+        max_seq: int,
+        statements: dict[bool, str] = _INSERT_AT_ONCE,
     ) -> tuple[set[str], str | None, set[str]]:
         """The events, the pole's row, the rollups and the media check in one statement: (new ids, the
-        pole's target version, which of ``shas`` are stored)."""
-        max_seq = max((e.seq for e in events), default=0)
+        pole's target version, which of ``shas`` are stored). With ``_COUNT_STORED``, ``events`` are
+        stored already and counted."""
         params: list[Any] = [pole_id, now, batch_id, events_json(events), max_seq, shas, shard_of(pole_id)]
-        if status is None:
-            sql = _INSERT_AT_ONCE
-        else:
+        sql = statements[status is not None]
+        if status is not None:
             figures = StatusFigures.of(status)
-            sql = _INSERT_AT_ONCE_WITH_STATUS
             params += [
                 status,
                 figures.config_applied,
@@ -797,7 +740,7 @@ class PostgresStore:
         assert row is not None
         return set(row[0]), row[1], set(row[2])
 
-    async def _insert_one_by_one(
+    async def _insert_around_refusals(
         self,
         conn: asyncpg.Connection,
         pole_id: str,
@@ -806,53 +749,45 @@ class PostgresStore:
         events: list[WireEvent],
         status: dict[str, Any] | None,
     ) -> tuple[set[str], str | None, set[str], list[Rejection]]:
-        """A batch the database refused a value of: each event in its own savepoint, the refused ones
-        rejected, the others stored with the pole's row in one transaction."""
-        rows = [(*event_row(e), jsonb_text(e.data), orjson.dumps(e.media).decode()) for e in events]
+        """A batch the database refused a value of, in one transaction: its keys and events stored by halves,
+        each in a savepoint and halved again when refused, down to the refused events, which are rejected;
+        then the pole's row, the rollups of the events stored and the media check of those kept."""
         rejected: list[Rejection] = []
-        inserted: set[str] = set()
         async with conn.transaction():
-            for event, row in zip(events, rows, strict=True):
-                try:
-                    async with conn.transaction():
-                        inserted |= await self._insert(conn, pole_id, batch_id, now, [row])
-                except _DATA_ERRORS as exc:
-                    rejected.append(Rejection(id=event.id, reason=refused_by_database(exc)))
+            inserted = await self._store_halving(conn, pole_id, batch_id, now, events, rejected)
             refused = {r.id for r in rejected}
             kept = [e for e in events if e.id not in refused]
-            touched = (pole_id, now, batch_id, max((e.seq for e in kept), default=0), len(inserted))
-            if status is None:
-                target = await conn.fetchval(_TOUCH_POLE, *touched)
-            else:
-                figures = StatusFigures.of(status)
-                target = await conn.fetchval(
-                    _TOUCH_POLE_WITH_STATUS,
-                    *touched,
-                    status,
-                    figures.config_applied,
-                    figures.config_error,
-                    figures.backlog,
-                    figures.oldest_age_s,
-                    figures.clock_skew_s,
-                )
+            stored = [e for e in kept if e.id in inserted]
             shas = sorted({sha for e in kept for sha in e.media})
-            have = (
-                {r[0] for r in await conn.fetch("SELECT sha256 FROM media WHERE sha256 = any($1::text[])", shas)}
-                if shas
-                else set()
+            max_seq = max((e.seq for e in kept), default=0)
+            _, target, have = await self._insert_at_once(
+                conn, pole_id, batch_id, now, stored, shas, status, max_seq, _COUNT_STORED
             )
-            await _add_rollups(conn, pole_id, rollups_of(e for e in kept if e.id in inserted))
         return inserted, target, have, rejected
 
     @staticmethod
-    async def _insert(
-        conn: asyncpg.Connection, pole_id: str, batch_id: str, now: float, rows: list[tuple[Any, ...]]
+    async def _store_halving(
+        conn: asyncpg.Connection,
+        pole_id: str,
+        batch_id: str,
+        now: float,
+        events: list[WireEvent],
+        rejected: list[Rejection],
     ) -> set[str]:
-        """Insert ``rows`` in one statement; the ids that were new."""
-        if not rows:
+        """The keys and events of ``events``, halving where the database refuses a value (a dozen statements
+        find one bad event in a thousand): the ids that were new."""
+        if not events:
             return set()
-        columns = [list(column) for column in zip(*rows, strict=True)]
-        return {r[0] for r in await conn.fetch(_INSERT, pole_id, now, batch_id, *columns)}
+        try:
+            async with conn.transaction():
+                return set(await conn.fetchval(_STORE_EVENTS, pole_id, now, batch_id, events_json(events)))
+        except _DATA_ERRORS as exc:
+            if len(events) == 1:
+                rejected.append(Rejection(id=events[0].id, reason=refused_by_database(exc)))
+                return set()
+        half = len(events) // 2
+        inserted = await PostgresStore._store_halving(conn, pole_id, batch_id, now, events[:half], rejected)
+        return inserted | await PostgresStore._store_halving(conn, pole_id, batch_id, now, events[half:], rejected)
 
     async def add_media(self, sha256: str, size: int, pole_id: str, now: float) -> bool:
         with _available():
