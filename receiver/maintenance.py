@@ -58,14 +58,18 @@ async def run_maintenance(
     started = time.perf_counter()
     report = await store.maintain(rules_of(config), layout_of(config), time.time() if now is None else now, retention)
     deleted = failed = 0
+
+    async def delete(sha256: str) -> None:
+        nonlocal deleted, failed
+        try:
+            await media.delete(sha256)
+            deleted += 1
+        except (MediaUnavailable, OSError) as exc:
+            failed += 1
+            log.warning("media_delete_failed", sha256=sha256, error=str(exc))
+
     if config.delete_media and report.media:
-        for sha256 in await store.release_media(sorted(report.media)):
-            try:
-                await media.delete(sha256)
-                deleted += 1
-            except (MediaUnavailable, OSError) as exc:
-                failed += 1
-                log.warning("media_delete_failed", sha256=sha256, error=str(exc))
+        await store.release_media(sorted(report.media), delete)
     return MaintenanceSummary(
         store.backend,
         report.partitions_created,

@@ -59,7 +59,9 @@ class Media:
     async def accept(self, pole_id: str, sha: str, body: bytes) -> tuple[int, dict[str, Any]]:
         """Check and store a pole's media file, whichever transport brought it: (HTTP status, body).
         Its type is what its first bytes say (the pole's ``media_type``): a clip or a JPEG. The
-        file is in the media store before the database lists it, so a listed file always exists."""
+        file is in the media store before the database lists it, so a listed file always exists, and
+        is looked for again once listed: retention may have deleted it in between (listing it waited
+        for retention to finish forgetting it), or a failed try may have left it listed and missing."""
         ctx = self.ctx
         kind = media_type(body)
         if kind == "image/jpeg" and not body.startswith(b"\xff\xd8\xff"):
@@ -73,15 +75,19 @@ class Media:
             ctx.metrics.media.labels("not_jpeg" if kind == "image/jpeg" else "not_mp4").inc()
             return 415, {"error": f"body is not {name}: {problem}"}
         try:
-            if not await ctx.media.exists(sha, kind):
-                await ctx.media.put(sha, kind, body)
+            await self._keep(sha, kind, body)
+            created = await ctx.store.add_media(sha, len(body), pole_id, time.time())
+            await self._keep(sha, kind, body)
         except MediaUnavailable as exc:
             ctx.metrics.media.labels("unavailable").inc()
             log.error("media_store_unavailable", store=ctx.media.name, error=str(exc))
             return 503, {"error": "media store unavailable, retry later"}
-        created = await ctx.store.add_media(sha, len(body), pole_id, time.time())
         ctx.metrics.media.labels("stored" if created else "duplicate").inc()
         return (201 if created else 200), {"sha256": sha, "stored": created}
+
+    async def _keep(self, sha: str, kind: str, body: bytes) -> None:
+        if not await self.ctx.media.exists(sha, kind):
+            await self.ctx.media.put(sha, kind, body)
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         auth = await authenticate(request, self.ctx.store, *READERS, use=self.ctx.token_use)

@@ -254,6 +254,81 @@ async def test_media_of_expired_events_is_deleted_once_nothing_refers_to_it(data
         await store.close()
 
 
+async def waiting_for_the_store(store: Store, database_url: str, task: asyncio.Future[Any]) -> None:
+    """Returns once ``task`` waits for the transaction retention holds (or is done, for the caller's asserts)."""
+    async with asyncio.timeout(10):
+        if store.backend == "postgresql":
+            watcher = await asyncpg.connect(database_url)
+            try:
+                while not task.done() and await lock_waiters(watcher) < 1:
+                    await asyncio.sleep(0.01)
+            finally:
+                await watcher.close()
+        else:
+            while not task.done() and not store._lock._waiters:  # type: ignore[attr-defined]
+                await asyncio.sleep(0.01)
+
+
+async def test_an_upload_while_retention_deletes_its_file_stores_it_again(database_url: str, tmp_path: Path) -> None:
+    """The pole uploads a file again just as retention forgets it: the upload waits, and the file that retention
+    deleted meanwhile is stored again, so the listing the upload leaves has its file."""
+    rx = await start_receiver(database_url, tmp_path / "media")
+    try:
+        token = await rx.add_pole(POLE)
+        media = rx.receiver.ctx.media
+        body = real_jpeg(7)
+        sha = hashlib.sha256(body).hexdigest()
+        await media.put(sha, "image/jpeg", body)
+        await rx.store.add_media(sha, len(body), POLE, NOW)
+
+        async def upload() -> int:
+            async with aiohttp.ClientSession() as http:
+                headers = {"Authorization": f"Bearer {token}", "Content-Type": "image/jpeg"}
+                async with http.put(f"{rx.url}/v1/media/{sha}", data=body, headers=headers) as r:
+                    return r.status
+
+        uploading: list[asyncio.Task[int]] = []
+
+        async def delete(sha256: str) -> None:
+            uploading.append(asyncio.create_task(upload()))
+            await waiting_for_the_store(rx.store, database_url, uploading[0])
+            await media.delete(sha256)
+
+        assert await rx.store.release_media([sha], delete) == [sha]
+        assert await uploading[0] == 201
+        assert await rx.store.has_media(sha) and await media.exists(sha, "image/jpeg")
+    finally:
+        await stop_receiver(rx)
+
+
+async def test_a_batch_while_retention_deletes_its_file_is_asked_for_it(database_url: str, tmp_path: Path) -> None:
+    """A batch referring to a file that retention is forgetting waits, and is told to upload it, rather than
+    being told it is stored as it goes."""
+    store = await open_store(database_url)
+    # SQLite serialises its writes in one process: there the batch goes through the same store.
+    ingest = await open_store(database_url) if store.backend == "postgresql" else store
+    media = LocalMediaStore(tmp_path / "media")
+    try:
+        sha = hashlib.sha256(b"about to go").hexdigest()
+        await media.put(sha, "image/jpeg", b"\xff\xd8\xff" + sha.encode())
+        await store.add_media(sha, 10, POLE, NOW)
+        referring = wire(NOW, "snapshot", [sha])
+        batches: list[asyncio.Task[Any]] = []
+
+        async def delete(sha256: str) -> None:
+            batches.append(asyncio.create_task(ingest.insert_batch(POLE, str(uuid.uuid4()), [referring], None, NOW)))
+            await waiting_for_the_store(ingest, database_url, batches[0])
+            await media.delete(sha256)
+
+        assert await store.release_media([sha], delete) == [sha]
+        result = await batches[0]
+        assert result.accepted == [referring.id] and result.missing_media == [sha]
+    finally:
+        await store.close()
+        if ingest is not store:
+            await ingest.close()
+
+
 async def test_delete_media_off_keeps_the_files(tmp_path: Path) -> None:
     store = await open_store(f"sqlite:///{tmp_path / 'rx.db'}")
     media = LocalMediaStore(tmp_path / "media")

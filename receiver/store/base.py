@@ -15,7 +15,7 @@ dead-letter. Anything else (connection lost, database down) is a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -566,9 +566,11 @@ class Store(Protocol):
         partition being written. One process at a time: a second one gets a report with ``skipped``."""
         ...
 
-    async def release_media(self, sha256s: list[str]) -> list[str]:
-        """Of ``sha256s``, those no stored event refers to: forgotten by the store, for the caller to delete
-        the files."""
+    async def release_media(self, sha256s: list[str], delete: Callable[[str], Awaitable[None]]) -> list[str]:
+        """Of ``sha256s``, those no stored event refers to: forgotten by the store, each file deleted by
+        ``delete`` (which never raises) before the store commits forgetting it. Until then a batch that
+        refers to the file, or an upload of it, waits; after, the batch is told the file is missing and the
+        upload stores it again."""
         ...
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -246,13 +247,19 @@ class Maintainer:
             self.report.partitions_dropped += 1
 
 
-async def release_media(conn: asyncpg.Connection, sha256s: list[str]) -> list[str]:
-    """Of ``sha256s``, those no event refers to, removed from the media table. The references are found
-    with one scan of the partial GIN index on ``media`` per partition for a thousand files at a time."""
+async def release_media(
+    conn: asyncpg.Connection, sha256s: list[str], delete: Callable[[str], Awaitable[None]]
+) -> list[str]:
+    """Of ``sha256s``, those no event refers to, removed from the media table and their files deleted, a
+    thousand files a transaction. The rows are locked first, so the reference check cannot miss an event
+    whose batch is being stored (its media check locks the rows it reports, ``FOR SHARE``), and deleted
+    before their files, so an upload of one of them waits until the file is gone and then stores it
+    again. The references are found with one scan of the partial GIN index on ``media`` per partition."""
     out: list[str] = []
     for i in range(0, len(sha256s), 1000):
-        chunk = sha256s[i : i + 1000]
+        chunk = sorted(sha256s[i : i + 1000])
         async with conn.transaction():
+            await conn.execute("SELECT 1 FROM media WHERE sha256 = ANY($1::text[]) ORDER BY sha256 FOR UPDATE", chunk)
             referenced = {
                 r[0]
                 for r in await conn.fetch(
@@ -264,5 +271,8 @@ async def release_media(conn: asyncpg.Connection, sha256s: list[str]) -> list[st
             }
             free = [sha for sha in chunk if sha not in referenced]
             rows = await conn.fetch("DELETE FROM media WHERE sha256 = ANY($1::text[]) RETURNING sha256", free)
-            out += [r[0] for r in rows]
+            released = sorted(r[0] for r in rows)
+            for sha in released:
+                await delete(sha)
+        out += released
     return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -477,7 +477,7 @@ _COUNTED = """
     ON CONFLICT (day, type, shard) DO UPDATE SET n = rollup_fleet_daily.n + excluded.n
 )
 SELECT array(SELECT event_id::text FROM new), (SELECT config_target FROM pole),
-       array(SELECT sha256 FROM media WHERE sha256 = any($6::text[]))
+       array(SELECT sha256 FROM media WHERE sha256 = any($6::text[]) ORDER BY sha256 FOR SHARE)
 """
 _STATUS_SET = (
     ", status = $8::jsonb, config_applied = $9, config_error = $10, backlog = $11, oldest_age_s = $12,"
@@ -1166,7 +1166,7 @@ class PostgresStore:
                     await conn.execute("SELECT pg_advisory_unlock($1)", MAINTENANCE_LOCK)
         return report
 
-    async def release_media(self, sha256s: list[str]) -> list[str]:
+    async def release_media(self, sha256s: list[str], delete: Callable[[str], Awaitable[None]]) -> list[str]:
         with _available():
             async with self._pool.acquire() as conn:
-                return await release_media(conn, sha256s)
+                return await release_media(conn, sha256s, delete)

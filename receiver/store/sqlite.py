@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -957,9 +957,10 @@ class SqliteStore:
                         break
         return report
 
-    async def release_media(self, sha256s: list[str]) -> list[str]:
-        """One scan of the events with media per 5,000 files, in the write transaction that forgets them, so no
-        batch can refer to a file between the check and its removal."""
+    async def release_media(self, sha256s: list[str], delete: Callable[[str], Awaitable[None]]) -> list[str]:
+        """One scan of the events with media per 5,000 files, in the write transaction that forgets them and in
+        which their files are deleted, so no batch can refer to a file between the check and its removal, and
+        an upload of one waits until its file is gone, then stores it again."""
         out: list[str] = []
         with _available():
             for i in range(0, len(sha256s), _RETENTION_CHUNK):
@@ -971,5 +972,8 @@ class SqliteStore:
                         " AND j.value IN (SELECT value FROM json_each(?))) RETURNING sha256",
                         (chunk, chunk),
                     )
-                    out += [r[0] for r in rows]
+                    released = sorted(r[0] for r in rows)
+                    for sha in released:
+                        await delete(sha)
+                out += released
         return out
