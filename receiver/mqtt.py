@@ -36,6 +36,7 @@ from receiver.context import Context
 from receiver.ingest import ingest_batch, refused
 from receiver.media import Media
 from receiver.store.base import StoreError
+from sync.cancellation import cancellable
 from sync.protocol import (
     MAC_PROPERTY,
     MQTT_ROOT,
@@ -146,7 +147,7 @@ class MqttConsumer:
         self._acks = asyncio.Queue()  # what a lost session held is never acknowledged: a fresh queue
         acks = self._acks
         async with client:
-            await client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in self._topics()])
+            await cancellable(client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in self._topics()]))
             self._client = client
             self.connected = True
             self.ctx.metrics.mqtt_connected.set(1)
@@ -215,7 +216,7 @@ class MqttConsumer:
         if key is not None:
             properties.UserProperty = (MAC_PROPERTY, message_mac(key, correlation, reply))
         # The reply goes to the pole's own replies topic whatever response topic the message named.
-        await client.publish(replies_topic(where.pole_id), reply, qos=1, properties=properties)
+        await cancellable(client.publish(replies_topic(where.pole_id), reply, qos=1, properties=properties))
 
     async def _outcome(self, pole_id: str, kind: str, sha256: str | None, payload: bytes) -> tuple[int, dict[str, Any]]:
         if kind == "media":

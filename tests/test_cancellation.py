@@ -9,7 +9,10 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
 from receiver.store.sqlite import SqliteStore
+from sync.cancellation import cancellable
 from sync.events import NewEvent
 from sync.outbox import Outbox, OutboxConfig
 from sync.protocol import WireEvent
@@ -50,3 +53,30 @@ async def test_a_cancelled_rejection_leaves_the_outbox_usable(tmp_path: Path) ->
         assert box.backlog == 0
     finally:
         await box.close()
+
+
+async def test_a_cancellation_that_wait_for_swallows_is_raised_again() -> None:
+    """The library pattern itself: an acknowledgement and a cancellation in one loop iteration. Python 3.11's
+    ``wait_for`` returns the acknowledgement; ``cancellable`` raises the cancellation all the same."""
+    loop = asyncio.get_running_loop()
+    acknowledged: asyncio.Future[str] = loop.create_future()
+    task = asyncio.ensure_future(cancellable(asyncio.wait_for(acknowledged, timeout=10)))
+    await asyncio.sleep(0)
+    acknowledged.set_result("PUBACK")
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert done and task.cancelled()
+
+
+async def test_cancellable_passes_results_and_errors_through() -> None:
+    async def answer() -> int:
+        await asyncio.sleep(0)
+        return 42
+
+    async def fail() -> None:
+        await asyncio.sleep(0)
+        raise OSError("broker gone")
+
+    assert await cancellable(answer()) == 42
+    with pytest.raises(OSError, match="broker gone"):
+        await cancellable(fail())

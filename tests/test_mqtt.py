@@ -4,15 +4,18 @@ restarts, receiver crashes and outages, and only under the pole's own id."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import orjson
+import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -264,6 +267,36 @@ async def test_a_forged_reply_does_not_settle_a_batch(tmp_path: Path) -> None:
                 task.cancel()
                 await asyncio.gather(task, forging, return_exceptions=True)
             assert outbox.backlog == len(sent), "no event was dropped on a forged reply"
+        finally:
+            await outbox.close()
+
+
+async def test_an_uplink_stops_even_if_a_publish_swallows_its_cancellation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Python 3.11 aiomqtt's publish (asyncio.wait_for) can swallow a cancellation that lands as the PUBACK
+    arrives; the lane must stop all the same, not retry its batch for ever (a hang seen in the suite)."""
+    publish = aiomqtt.Client.publish
+    publishing = asyncio.Event()
+
+    async def publish_swallowing(self: aiomqtt.Client, *args: Any, **kwargs: Any) -> None:
+        publishing.set()
+        with contextlib.suppress(asyncio.CancelledError):  # what wait_for does when both land at once
+            await asyncio.sleep(0.2)
+        await publish(self, *args, **kwargs)
+
+    monkeypatch.setattr(aiomqtt.Client, "publish", publish_swallowing)
+    async with rig(f"sqlite:///{tmp_path / 'rx.db'}", tmp_path) as r:
+        outbox = await Outbox.open(tmp_path / "outbox.db")
+        try:
+            await fill(outbox, 2)
+            uplink = r.uplink(outbox, max_batch_events=10, timeout_s=1)  # no receiver: nothing answers
+            task = asyncio.create_task(uplink.run())
+            await asyncio.wait_for(publishing.wait(), 20)
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=10)
+            assert done and task.cancelled(), "the uplink went on after it was cancelled"
+            assert outbox.backlog == 8
         finally:
             await outbox.close()
 

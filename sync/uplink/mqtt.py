@@ -26,6 +26,7 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from sync.cancellation import cancellable
 from sync.protocol import (
     MAC_PROPERTY,
     batches_topic,
@@ -114,7 +115,7 @@ class MqttTransport:
                 timeout=self.config.timeout_s,
             )
             try:
-                await client.__aenter__()
+                await cancellable(client.__aenter__())
             except aiomqtt.MqttCodeError as exc:
                 code = getattr(exc.rc, "value", exc.rc)
                 if isinstance(exc, MqttConnectError) and code in _REFUSED:
@@ -123,7 +124,7 @@ class MqttTransport:
             except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
                 raise TransportError(f"broker {self.host}:{self.port}: {exc}") from exc
             try:
-                await client.subscribe(self._replies_topic, qos=1)
+                await cancellable(client.subscribe(self._replies_topic, qos=1))
             except aiomqtt.MqttError as exc:
                 with contextlib.suppress(Exception):
                     await client.__aexit__(None, None, None)
@@ -189,7 +190,9 @@ class MqttTransport:
             previous.set_exception(TransportError("superseded by a new attempt"))
         self._waiting[correlation] = answer
         try:
-            await client.publish(topic, payload, qos=1, properties=properties, timeout=self.config.timeout_s)
+            await cancellable(
+                client.publish(topic, payload, qos=1, properties=properties, timeout=self.config.timeout_s)
+            )
             async with asyncio.timeout(self.config.timeout_s):
                 return await answer
         except TimeoutError:
