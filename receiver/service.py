@@ -86,7 +86,8 @@ async def _stop_consumer(consumer: MqttConsumer | None, task: asyncio.Task[None]
     if consumer is None or task is None:
         return
     try:
-        await asyncio.wait_for(consumer.drain(), timeout_s)
+        async with asyncio.timeout(timeout_s):  # not wait_for: see sync/cancellation.py
+            await consumer.drain()
     except TimeoutError:
         log.warning("mqtt_drain_timeout", timeout_s=timeout_s)
     task.cancel()

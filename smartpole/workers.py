@@ -69,7 +69,8 @@ class Supervisor:
             delay = RESTART_MIN_S if time.monotonic() - started > STABLE_S else min(delay * 2, RESTART_MAX_S)
             log.error("worker_died", worker=k, pid=proc.pid, exit_code=code, restart_in_s=delay)
             try:
-                await asyncio.wait_for(self._stopping.wait(), delay)
+                async with asyncio.timeout(delay):  # not wait_for: see sync/cancellation.py
+                    await self._stopping.wait()
                 return
             except TimeoutError:
                 pass
