@@ -36,7 +36,7 @@ from receiver.context import Context
 from receiver.ingest import ingest_batch, refused
 from receiver.media import Media
 from receiver.store.base import StoreError
-from sync.cancellation import cancellable
+from sync.cancellation import cancellable, enter
 from sync.protocol import (
     MAC_PROPERTY,
     MQTT_ROOT,
@@ -146,7 +146,8 @@ class MqttConsumer:
         client._client.manual_ack_set(True)  # noqa: SLF001
         self._acks = asyncio.Queue()  # what a lost session held is never acknowledged: a fresh queue
         acks = self._acks
-        async with client:
+        await enter(client)
+        try:
             await cancellable(client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in self._topics()]))
             self._client = client
             self.connected = True
@@ -158,6 +159,8 @@ class MqttConsumer:
                     await self._slots.acquire()
                     self.ctx.metrics.mqtt_in_flight.inc()
                     acks.put_nowait((message, tg.create_task(self._handle(client, message))))
+        finally:
+            await client.__aexit__(None, None, None)
 
     async def _acknowledge(
         self, client: aiomqtt.Client, acks: asyncio.Queue[tuple[aiomqtt.Message, asyncio.Task[None]]]

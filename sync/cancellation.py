@@ -11,16 +11,32 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from contextlib import AbstractAsyncContextManager
 from typing import TypeVar
 
 T = TypeVar("T")
 
 
+def _cancelling() -> int:
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
+
+
 async def cancellable(awaitable: Awaitable[T]) -> T:
     """``await awaitable``, raising the cancellation it may have swallowed."""
-    task = asyncio.current_task()
-    before = task.cancelling() if task is not None else 0
+    before = _cancelling()
     result = await awaitable
-    if task is not None and task.cancelling() > before:
+    if _cancelling() > before:
         raise asyncio.CancelledError
     return result
+
+
+async def enter(manager: AbstractAsyncContextManager[T]) -> T:
+    """``manager.__aenter__()``; if that swallowed a cancellation, the manager is left again (a client
+    that connected is disconnected) and the cancellation raised."""
+    before = _cancelling()
+    entered = await manager.__aenter__()
+    if _cancelling() > before:
+        await manager.__aexit__(None, None, None)
+        raise asyncio.CancelledError
+    return entered

@@ -5,6 +5,7 @@ stuck "within a transaction". Cancelled at every await point in turn."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from receiver.store.sqlite import SqliteStore
-from sync.cancellation import cancellable
+from sync.cancellation import cancellable, enter
 from sync.events import NewEvent
 from sync.outbox import Outbox, OutboxConfig
 from sync.protocol import WireEvent
@@ -80,3 +81,25 @@ async def test_cancellable_passes_results_and_errors_through() -> None:
     assert await cancellable(answer()) == 42
     with pytest.raises(OSError, match="broker gone"):
         await cancellable(fail())
+
+
+async def test_entering_that_swallows_a_cancellation_leaves_again_and_raises() -> None:
+    class Connection:
+        def __init__(self) -> None:
+            self.open = False
+
+        async def __aenter__(self) -> Connection:
+            with contextlib.suppress(asyncio.CancelledError):  # as wait_for does when CONNACK and cancel coincide
+                await asyncio.sleep(10)
+            self.open = True
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            self.open = False
+
+    connection = Connection()
+    task = asyncio.ensure_future(enter(connection))
+    await asyncio.sleep(0)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert done and task.cancelled() and not connection.open

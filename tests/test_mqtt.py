@@ -301,6 +301,33 @@ async def test_an_uplink_stops_even_if_a_publish_swallows_its_cancellation(
             await outbox.close()
 
 
+async def test_a_consumer_stops_even_if_its_connect_swallows_its_cancellation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver's side: cancelled as its CONNACK lands, the consumer must stop (and disconnect), not go on
+    consuming, or a receiver's SIGTERM would wait for it for ever."""
+    aenter = aiomqtt.Client.__aenter__
+    connecting = asyncio.Event()
+    clients: list[aiomqtt.Client] = []
+
+    async def aenter_swallowing(self: aiomqtt.Client) -> aiomqtt.Client:
+        connecting.set()
+        clients.append(self)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.2)
+        return await aenter(self)
+
+    async with rig(f"sqlite:///{tmp_path / 'rx.db'}", tmp_path) as r:
+        monkeypatch.setattr(aiomqtt.Client, "__aenter__", aenter_swallowing)
+        r.start_consumer()
+        await asyncio.wait_for(connecting.wait(), 10)
+        _, task = r.consumers.pop("rx-a")
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=10)
+        assert done and task.cancelled(), "the consumer went on after it was cancelled"
+        assert clients[0]._disconnected.done(), "its connection was left open"  # noqa: SLF001
+
+
 class ReceiverProcess:
     """``smartpole receiver`` in a child process with the MQTT consumer on."""
 

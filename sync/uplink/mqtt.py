@@ -26,7 +26,7 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from sync.cancellation import cancellable
+from sync.cancellation import cancellable, enter
 from sync.protocol import (
     MAC_PROPERTY,
     batches_topic,
@@ -115,7 +115,7 @@ class MqttTransport:
                 timeout=self.config.timeout_s,
             )
             try:
-                await cancellable(client.__aenter__())
+                await enter(client)
             except aiomqtt.MqttCodeError as exc:
                 code = getattr(exc.rc, "value", exc.rc)
                 if isinstance(exc, MqttConnectError) and code in _REFUSED:
