@@ -84,9 +84,10 @@ async def test_broker_killed_and_restarted_mid_stream_loses_nothing(tmp_path: Pa
         await r.connected()
         outbox = await Outbox.open(tmp_path / "outbox.db")
         try:
-            sent = await fill(outbox, 500)
-            # The bucket holds a second of the cap: 8 kB/s leaves most of the ~50 kB backlog to go after the kill.
-            uplink = r.uplink(outbox, max_batch_events=25, bandwidth_bytes_per_s=8_000)
+            sent = await fill(outbox, 1500)
+            # The cap's bucket lets 64 kB go at once: a ~150 kB backlog at 20 kB/s leaves most of it to go after
+            # the kill (a backlog the burst held could all be gone before the kill on a busy machine).
+            uplink = r.uplink(outbox, max_batch_events=25, bandwidth_bytes_per_s=20_000)
             task = asyncio.create_task(uplink.run())
             await eventually(lambda: len(sent) - outbox.backlog > 200, 30, "part of the backlog delivered")
             r.broker.stop(signal.SIGKILL)
