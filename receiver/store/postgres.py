@@ -753,8 +753,10 @@ class PostgresStore:
         each in a savepoint and halved again when refused, down to the refused events, which are rejected;
         then the pole's row, the rollups of the events stored and the media check of those kept."""
         rejected: list[Rejection] = []
+        half = len(events) // 2  # the whole batch was just refused: its halves first
         async with conn.transaction():
-            inserted = await self._store_halving(conn, pole_id, batch_id, now, events, rejected)
+            inserted = await self._store_halving(conn, pole_id, batch_id, now, events[:half], rejected)
+            inserted |= await self._store_halving(conn, pole_id, batch_id, now, events[half:], rejected)
             refused = {r.id for r in rejected}
             kept = [e for e in events if e.id not in refused]
             stored = [e for e in kept if e.id in inserted]
